@@ -1,0 +1,1 @@
+"""Probes, supervised controllers, switching metrics and plots."""

@@ -1,0 +1,1 @@
+"""Pieces every stage uses: errors, seeding, checkpoints, progress and logging."""

@@ -1,0 +1,1 @@
+"""Expert rollouts to datasets on disk: format, manifest, verification and loading."""

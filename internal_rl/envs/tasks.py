@@ -1,0 +1,74 @@
+"""Task specifications: ordered colour sequences, subgoals, and the paper's pretraining/post-training splits."""
+
+from dataclasses import dataclass
+
+from internal_rl.common.errors import ConfigError
+
+Task = tuple[int, ...]
+
+# The paper's grid-world subgoals are colour pairs (paper App. A.1): subgoal k is "visit 2k then 2k+1".
+GRID_SUBGOAL_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (2, 3), (4, 5), (6, 7))
+
+
+def _pairs(*names: str) -> tuple[Task, ...]:
+    return tuple(tuple(int(c) for c in name.split("-")) for name in names)
+
+
+# Table A1: 16 pretraining tasks of 3 subgoals (6 colours) each.
+GRID_PRETRAIN_TASKS: tuple[Task, ...] = _pairs(
+    "0-1-4-5-0-1", "0-1-4-5-2-3", "0-1-6-7-2-3", "2-3-0-1-4-5", "2-3-6-7-2-3", "2-3-6-7-4-5",
+    "4-5-0-1-4-5", "4-5-0-1-6-7", "4-5-2-3-6-7", "6-7-2-3-0-1", "6-7-2-3-6-7", "6-7-4-5-0-1",
+    "0-1-6-7-4-5", "2-3-0-1-6-7", "4-5-2-3-0-1", "6-7-4-5-2-3",
+)
+# The post-training task: 6 subgoals using only pair transitions never seen in pretraining.
+GRID_POSTTRAIN_TASK: Task = _pairs("0-1-2-3-4-5-6-7-0-1-2-3")[0]
+
+# Table A2 (ant-pinpad): 16 pretraining tasks of 3 colours; post-training task 0-1-2-3.
+PINPAD_PRETRAIN_TASKS: tuple[Task, ...] = _pairs(
+    "0-3-2", "1-0-3", "2-1-0", "3-2-1", "0-2-0", "0-2-1", "0-3-1", "1-0-2",
+    "1-3-1", "1-3-2", "2-0-2", "2-0-3", "2-1-3", "3-1-0", "3-1-3", "3-2-0",
+)
+PINPAD_POSTTRAIN_TASK: Task = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """A named set of pretraining tasks and held-out post-training tasks, definable as data."""
+
+    name: str
+    pretrain: tuple[Task, ...]
+    posttrain: tuple[Task, ...]
+
+
+SPLITS: dict[str, TaskSplit] = {
+    "gridworld": TaskSplit("gridworld", GRID_PRETRAIN_TASKS, (GRID_POSTTRAIN_TASK,)),
+    "pinpad": TaskSplit("pinpad", PINPAD_PRETRAIN_TASKS, (PINPAD_POSTTRAIN_TASK,)),
+}
+
+
+def parse_task(text: str) -> Task:
+    """Parse '0-1-2-3' into (0, 1, 2, 3), with a clear error for anything else."""
+    try:
+        task = tuple(int(c) for c in text.split("-"))
+    except ValueError:
+        raise ConfigError(f"bad task {text!r}: expected colours joined by '-', e.g. '0-1-2-3'") from None
+    return task
+
+
+def validate_task(task: Task, n_colours: int) -> Task:
+    """Return `task` as a tuple of ints if it is non-empty and every colour is in range."""
+    task = tuple(int(c) for c in task)
+    if len(task) == 0:
+        raise ConfigError("empty task: expected at least one colour")
+    for c in task:
+        if not 0 <= c < n_colours:
+            raise ConfigError(f"unknown colour {c} in task {'-'.join(map(str, task))}; valid: 0..{n_colours - 1}")
+    return task
+
+
+def subgoal_of_colour(colour: int, pairs: tuple[tuple[int, int], ...] = GRID_SUBGOAL_PAIRS) -> int:
+    """The index of the subgoal (colour pair) that `colour` belongs to."""
+    for k, pair in enumerate(pairs):
+        if colour in pair:
+            return k
+    raise ConfigError(f"colour {colour} belongs to no subgoal pair; pairs: {pairs}")

@@ -1,0 +1,1 @@
+"""The metacontroller: unsupervised discovery of temporally abstract residual-stream controllers."""

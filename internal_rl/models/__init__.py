@@ -1,0 +1,1 @@
+"""The base autoregressive model, its hook points and KV-cached stepping, and the residual-stream controller."""

@@ -1,0 +1,1 @@
+"""The stages of `reproduce`, run folders, resume and report writing."""

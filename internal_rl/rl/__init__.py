@@ -1,0 +1,1 @@
+"""Internal RL: InternalEnv, the critic-free PPO algorithm, and raw-action baselines."""
