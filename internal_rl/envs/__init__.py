@@ -6,4 +6,8 @@ import gymnasium
 def register_envs() -> None:
     """Register this package's environments with Gymnasium (idempotent)."""
     if "internal_rl/GridWorld-v0" not in gymnasium.registry:
-        gymnasium.register(id="internal_rl/GridWorld-v0", entry_point="internal_rl.envs.gridworld:GridWorldEnv")
+        gymnasium.register(
+            id="internal_rl/GridWorld-v0",
+            entry_point="internal_rl.envs.gridworld:GridWorldEnv",
+            vector_entry_point="internal_rl.envs.batched_gridworld:GridWorldVectorEnv",
+        )
