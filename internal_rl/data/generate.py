@@ -1,0 +1,212 @@
+"""Expert rollouts: successful episodes of the scripted expert, as in-memory datasets or dataset folders.
+
+The grid-world expert is rolled out in batches of vectorised environments (`BatchedGridWorld`); the only
+Python loop is over time steps within a batch. Only successful episodes are kept (paper App. C.1: the
+pretraining data are "successful trajectories"), in the order their environments were created, so the
+same seed gives the same arrays.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from internal_rl.common.config import config_to_dict, config_from_dict, replace
+from internal_rl.common.errors import ConfigError, DatasetError
+from internal_rl.common.logging import progress
+from internal_rl.common.seeding import derive_seed
+from internal_rl.data.dataset import TrajectoryDataset, check_writable, save_dataset
+from internal_rl.envs.tasks import Task, subgoal_of_colour, validate_task
+
+ENVS = ("gridworld",)
+
+# Give up when the expert succeeds this rarely: generation would not finish in reasonable time.
+_MIN_SUCCESS_RATE = 0.01
+
+
+def _check_env(env: str) -> None:
+    if env not in ENVS:
+        raise ConfigError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
+
+
+def env_config_from_manifest(manifest: dict[str, Any]) -> Any:
+    """The environment config a dataset was generated with (e.g. a `GridWorldConfig`), from its manifest."""
+    env = manifest.get("env")
+    _check_env(env)
+    from internal_rl.envs.gridworld import GridWorldConfig
+
+    return config_from_dict(GridWorldConfig, manifest["env_config"])
+
+
+def _grid_config(config: Any, tasks: Sequence[Task] | None) -> Any:
+    from internal_rl.envs.gridworld import GridWorldConfig
+
+    config = GridWorldConfig() if config is None else config
+    if tasks is not None:
+        tasks = tuple(validate_task(task, config.n_colours) for task in tasks)
+        if not tasks:
+            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
+        config = replace(config, tasks=tasks)
+    return config
+
+
+def _subgoal_table(n_colours: int) -> np.ndarray:
+    """[n_colours + 1] int8 lookup colour -> subgoal; colours outside every pair, and index -1, map to -1."""
+    table = np.full(n_colours + 1, -1, dtype=np.int8)
+    for colour in range(n_colours):
+        try:
+            table[colour] = subgoal_of_colour(colour)
+        except ConfigError:
+            pass  # a colour with no subgoal pair keeps the label -1
+    return table
+
+
+def _rollout_batch(config: Any, num_envs: int, seed: int, epsilon: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Roll the expert out in `num_envs` fresh environments until all are done.
+
+    Returns (arrays in the dataset format for the successful episodes, success flags [num_envs]).
+    """
+    from internal_rl.envs.batched_gridworld import BatchedGridWorld
+    from internal_rl.envs.expert import GridExpert
+
+    env = BatchedGridWorld(config, num_envs)
+    expert = GridExpert(config, epsilon=epsilon)
+    rng = np.random.default_rng(derive_seed(seed, "expert"))
+    subgoal_table = _subgoal_table(config.n_colours)
+
+    obs = env.reset(seed=derive_seed(seed, "reset"))
+    final_obs = np.zeros((num_envs, obs.shape[1]), dtype=np.uint8)
+    lengths = np.zeros(num_envs, dtype=np.int64)
+    steps: dict[str, list[np.ndarray]] = {"observations": [], "actions": [], "rewards": [], "targets": []}
+    alive = ~env.done
+    while alive.any():  # loop over time: the recurrence of the environment demands it
+        targets = env.target()
+        actions = expert.act(env, rng)
+        steps["observations"].append(obs.astype(np.uint8))
+        steps["targets"].append(targets.astype(np.int8))
+        steps["actions"].append(np.asarray(actions, dtype=np.int64))
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        steps["rewards"].append(np.asarray(reward, dtype=np.float32))
+        lengths += alive
+        finished = alive & (terminated | truncated)
+        final_obs[finished] = obs[finished]
+        alive &= ~finished
+
+    success = env.progress == env.task_lengths
+    keep = np.flatnonzero(success)
+    kept_lengths = lengths[keep]
+    # [T, N, ...] time-major buffers -> flat steps of the kept episodes, each episode's steps in order.
+    horizon = len(steps["actions"])
+    real = np.arange(horizon)[None, :] < kept_lengths[:, None]  # [K, T]
+    arrays = {name: np.stack(values, axis=1)[keep][real] for name, values in steps.items()}
+    arrays["subgoals"] = subgoal_table[arrays["targets"]]
+    arrays["episode_lengths"] = kept_lengths
+    arrays["episode_starts"] = (np.cumsum(kept_lengths) - kept_lengths).astype(np.int64)
+    arrays["tasks"] = env.tasks[keep].astype(np.int8)
+    arrays["final_observations"] = final_obs[keep]
+    return arrays, success
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]], episodes: int) -> dict[str, np.ndarray]:
+    """Join per-batch arrays and keep the first `episodes` episodes."""
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    lengths = arrays["episode_lengths"][:episodes]
+    num_steps = int(lengths.sum())
+    for name in ("observations", "actions", "rewards", "targets", "subgoals"):
+        arrays[name] = arrays[name][:num_steps]
+    for name in ("tasks", "final_observations"):
+        arrays[name] = arrays[name][:episodes]
+    arrays["episode_lengths"] = lengths
+    arrays["episode_starts"] = (np.cumsum(lengths) - lengths).astype(np.int64)
+    return arrays
+
+
+def generate_trajectories(
+    env: str,
+    episodes: int,
+    seed: int,
+    epsilon: float = 0.0,
+    tasks: Sequence[Task] | None = None,
+    *,
+    config: Any = None,
+    batch_size: int = 1024,
+    show_progress: bool = False,
+) -> TrajectoryDataset:
+    """`episodes` successful expert episodes as an in-memory `TrajectoryDataset` (nothing is written).
+
+    `tasks` (default: the config's pretraining tasks) are sampled uniformly per episode; `config` is the
+    environment config (default `GridWorldConfig()`); `epsilon` is the expert's random-action probability.
+    The manifest holds the provenance that `save_dataset` writes; `checksum` is None until saved.
+    """
+    _check_env(env)
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ConfigError(f"episodes {episodes!r} must be a positive integer")
+    if not 0.0 <= epsilon <= 1.0:
+        raise ConfigError(f"epsilon {epsilon} must be in [0, 1]")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size} must be >= 1")
+    config = _grid_config(config, tasks)
+
+    parts: list[dict[str, np.ndarray]] = []
+    collected = attempted = succeeded = 0
+    bar = progress(total=episodes, desc=f"generate {env}", disable=not show_progress)
+    batch_index = 0
+    with bar:
+        while collected < episodes:
+            # Size the batch to what is still needed at the success rate seen so far (deterministic:
+            # it depends only on earlier batches), so small datasets do not roll out a full batch.
+            rate = succeeded / attempted if attempted else 1.0
+            if attempted >= 2 * batch_size and rate < _MIN_SUCCESS_RATE:
+                raise DatasetError(
+                    f"the {env} expert succeeded in only {succeeded} of {attempted} episodes "
+                    f"(epsilon={epsilon}); use a smaller epsilon or easier tasks"
+                )
+            needed = episodes - collected
+            num_envs = int(min(batch_size, np.ceil(needed / max(rate, _MIN_SUCCESS_RATE) * 1.05) + 8))
+            arrays, success = _rollout_batch(config, num_envs, derive_seed(seed, "batch", batch_index), epsilon)
+            attempted += num_envs
+            succeeded += int(success.sum())
+            parts.append(arrays)
+            bar.update(min(needed, arrays["episode_lengths"].shape[0]))
+            collected += arrays["episode_lengths"].shape[0]
+            bar.set_postfix(success=f"{succeeded / attempted:.3f}")
+            batch_index += 1
+
+    manifest = {
+        "env": env,
+        "env_config": config_to_dict(config),
+        "seed": int(seed),
+        "expert": "GridExpert",
+        "expert_epsilon": float(epsilon),
+        "expert_success_rate": succeeded / attempted,
+        "episodes_attempted": attempted,
+        "generation_batch_size": int(batch_size),
+    }
+    return TrajectoryDataset.from_arrays(_concatenate(parts, episodes), manifest)
+
+
+def generate_dataset(
+    env: str,
+    episodes: int,
+    out: str | Path,
+    seed: int,
+    force: bool = False,
+    epsilon: float = 0.0,
+    tasks: Sequence[Task] | None = None,
+    *,
+    config: Any = None,
+    batch_size: int = 1024,
+    show_progress: bool = True,
+) -> Path:
+    """Roll out the expert (see `generate_trajectories`) and write the dataset folder `out` atomically.
+
+    Refuses to overwrite an existing dataset unless `force`; that is checked before any rollout.
+    Returns `out`.
+    """
+    out = Path(out)
+    check_writable(out, force)
+    data = generate_trajectories(
+        env, episodes, seed, epsilon, tasks, config=config, batch_size=batch_size, show_progress=show_progress
+    )
+    return save_dataset(out, data.arrays, data.manifest, force=force)
