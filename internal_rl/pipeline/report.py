@@ -1,0 +1,247 @@
+"""The run report: `results.json` (machine-readable figures) and `report.md` (tables and plots), both
+built from the result files a run folder holds, never by hand. A missing stage is reported as missing."""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from internal_rl.common.config import load_json, save_json
+
+SUCCESS_TARGET = 0.9
+METHOD_NAMES = {
+    "internal": "internal RL (metacontroller codes, learned switching)",
+    "raw": "raw-action RL (finetune the base model's actions)",
+    "no-switch": "no temporal abstraction (beta = 1, a code every step)",
+}
+
+
+def _load(path: Path) -> Any | None:
+    return load_json(path) if Path(path).is_file() else None
+
+
+def _episodes_to(curve: list[dict[str, Any]], target: float) -> int | None:
+    """Episodes consumed when a training batch first reached `target` success (None if never)."""
+    for record in curve:
+        if record["success_rate"] >= target:
+            return int(record["episodes"])
+    return None
+
+
+def rl_summary(run: Path) -> dict[str, Any]:
+    """Per-method figures over seeds from RUN/rl/<method>/seed_*.json."""
+    methods = {}
+    for method_dir in sorted((Path(run) / "rl").glob("*")):
+        seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
+        if not seeds:
+            continue
+        final = [s["final_eval"]["success_rate"] for s in seeds]
+        initial = [s["initial_eval"]["success_rate"] for s in seeds]
+        to_target = [_episodes_to(s["curve"], SUCCESS_TARGET) for s in seeds]
+        methods[method_dir.name] = {
+            "final_success": float(np.mean(final)),
+            "final_success_by_seed": final,
+            "initial_success": float(np.mean(initial)),
+            # Mean over seeds when every seed got there; null when any seed never did.
+            "episodes_to_90": None if None in to_target else float(np.mean(to_target)),
+            "episodes_to_90_by_seed": to_target,
+            "episodes": int(np.mean([s["episodes"] for s in seeds])),
+            "env_steps": int(np.mean([s["env_steps"] for s in seeds])),
+            "seeds": len(seeds),
+            "seconds": float(np.mean([s["timing"]["seconds"] for s in seeds])),
+            "rollout_episodes_per_second": float(np.mean([s["timing"]["rollout_episodes_per_second"] for s in seeds])),
+        }
+    return methods
+
+
+def collect_results(run: Path) -> dict[str, Any]:
+    """Everything the report states, gathered from the run folder's result files."""
+    run = Path(run)
+    results: dict[str, Any] = {"run": str(run)}
+    reproduce = _load(run / "reproduce.json")
+    if reproduce:
+        results["preset"] = reproduce.get("preset")
+    manifest = _load(run / "data" / "manifest.json")
+    if manifest:
+        results["data"] = {
+            k: manifest.get(k) for k in ("episodes", "steps", "seed", "expert_success_rate", "expert_epsilon") if k in manifest
+        }
+    pretrain = _load(run / "pretrain" / "eval.json")
+    if pretrain:
+        results["pretrain"] = pretrain
+    probes = _load(run / "probes.json")
+    if probes:
+        results["probes"] = {
+            "accuracy_by_layer": {str(r["layer"]): r["accuracy"] for r in probes["layers"]},
+            "best_layer": probes["best_layer"],
+            "majority_baseline": probes["majority_baseline"],
+        }
+    steering = _load(run / "steering.json")
+    if steering:
+        results["steering"] = {
+            "by_layer": {
+                str(r["layer"] if r["layer"] is not None else r["hook"]): {
+                    "single": r["single"]["success"],
+                    "chained_posttrain": r["chained_posttrain"]["success"],
+                }
+                for r in steering["layers"]
+            },
+            "best_layer": steering.get("best_layer"),
+        }
+    for name, key in (("switching.json", "switching"), ("switching_metacontroller-no-switch.json", "switching_no_switch")):
+        report = _load(run / name)
+        if report:
+            results[key] = {
+                "f1": report["subgoal_switches"]["f1"],
+                "precision": report["subgoal_switches"]["precision"],
+                "recall": report["subgoal_switches"]["recall"],
+                "nmi": report["nmi"]["segment"],
+                "nmi_step": report["nmi"]["step"],
+                "mean_segment_length": report["segment_length"]["mean"],
+                "true_mean_subgoal_length": report["true_subgoal_length"]["mean"],
+                "switches_per_episode": report["switches_per_episode"],
+            }
+    results["methods"] = rl_summary(run)
+    markers = sorted((run / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)  # in the order run
+    stages = {p.stem: load_json(p).get("seconds") for p in markers}
+    if stages:
+        results["stage_seconds"] = stages
+    return results
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _image(run: Path, name: str, caption: str) -> list[str]:
+    return [f"![{caption}]({name})", ""] if (run / name).is_file() else [f"_({name} missing)_", ""]
+
+
+def plot_rl_curves(run: Path) -> list[str]:
+    """Success-rate curves over seeds vs episodes and vs low-level env steps; returns the file names."""
+    from internal_rl.analysis.plots import plot_curves
+
+    curves_episodes, curves_steps = {}, {}
+    for method_dir in sorted((Path(run) / "rl").glob("*")):
+        seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
+        if not seeds:
+            continue
+        curves_episodes[method_dir.name] = [[(r["episodes"], r["success_rate"]) for r in s["curve"]] for s in seeds]
+        curves_steps[method_dir.name] = [[(r["env_steps"], r["success_rate"]) for r in s["curve"]] for s in seeds]
+    if not curves_episodes:
+        return []
+    figures = Path(run) / "figures"
+    names = []
+    for curves, xlabel, name in (
+        (curves_episodes, "episodes", "rl_success_vs_episodes.png"),
+        (curves_steps, "low-level env steps", "rl_success_vs_env_steps.png"),
+    ):
+        plot_curves(curves, xlabel, "training-batch success rate", figures / name, ylim=(-0.02, 1.02),
+                    title="post-training task, sparse reward")
+        names.append(f"figures/{name}")
+    return names
+
+
+def write_report(run: Path) -> Path:
+    """Write RUN/results.json and RUN/report.md (with RL curve figures); return the report's path."""
+    run = Path(run)
+    results = collect_results(run)
+    figures = plot_rl_curves(run)
+    save_json(run / "results.json", results)
+    lines = [f"# internal-rl report: {run.name}", ""]
+    lines += [f"Preset: `{results.get('preset', 'n/a')}`. Every figure below is read from the files in this folder; "
+              "`results.json` holds the same numbers.", ""]
+
+    lines += ["## Data", ""]
+    data = results.get("data")
+    if data:
+        lines += [f"{data.get('episodes')} successful expert episodes ({data.get('steps')} steps) on the 16 pretraining "
+                  f"tasks; the expert (epsilon {data.get('expert_epsilon')}) succeeded on "
+                  f"{_fmt(data.get('expert_success_rate'))} of the episodes it attempted (the rest are unsolvable "
+                  "layouts, discarded).", ""]
+    else:
+        lines += ["_no dataset_", ""]
+
+    lines += ["## Base model", ""]
+    pretrain = results.get("pretrain")
+    if pretrain:
+        held = pretrain.get("held_out", {})
+        lines += ["| held-out next-action accuracy | expert's own ceiling | held-out action NLL |",
+                  "|---|---|---|",
+                  f"| {_fmt(held.get('action_accuracy'))} | {_fmt(pretrain.get('expert', {}).get('accuracy_ceiling'))} "
+                  f"| {_fmt(held.get('action_nll'))} |", ""]
+        rollouts = pretrain.get("rollouts")
+        if rollouts:
+            lines += [f"Free rollouts of the base model (no task given): {_fmt(rollouts.get('valid_task_fraction'))} of "
+                      f"episodes visit a valid pretraining task; {_fmt(rollouts.get('mean_subgoals_completed'), 2)} "
+                      "subgoals completed on average.", ""]
+    else:
+        lines += ["_no pretrained model_", ""]
+
+    lines += ["## Linear probes of the current subgoal", ""]
+    probes = results.get("probes")
+    if probes:
+        lines += ["| layer | " + " | ".join(probes["accuracy_by_layer"]) + " |",
+                  "|---|" + "---|" * len(probes["accuracy_by_layer"]),
+                  "| held-out accuracy | " + " | ".join(_fmt(v) for v in probes["accuracy_by_layer"].values()) + " |",
+                  "", f"Majority-class baseline {_fmt(probes['majority_baseline'])}; best layer {probes['best_layer']} "
+                  "(layer 0 is the residual stream before the first block).", ""]
+        lines += _image(run, "probes.png", "probe accuracy by layer")
+    else:
+        lines += ["_no probes_", ""]
+
+    lines += ["## Supervised subgoal controllers (e + U_g e) by layer", ""]
+    steering = results.get("steering")
+    if steering:
+        lines += ["| layer | single-subgoal success | chained, post-training task |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v['single'])} | {_fmt(v['chained_posttrain'])} |" for k, v in steering["by_layer"].items()]
+        lines += ["", f"Best steering layer: {steering.get('best_layer')}.", ""]
+        lines += _image(run, "steering.png", "steering success by layer")
+    else:
+        lines += ["_no steering results_", ""]
+
+    lines += ["## Metacontroller: unsupervised switching", ""]
+    rows = [(k, results[k]) for k in ("switching", "switching_no_switch") if k in results]
+    if rows:
+        lines += ["| metacontroller | switch F1 (+-2 steps) | precision | recall | NMI(z, subgoal) | switches / episode "
+                  "| mean segment length | true subgoal length |", "|---|---|---|---|---|---|---|---|"]
+        for key, s in rows:
+            name = "learned switching" if key == "switching" else "beta = 1 ablation"
+            lines.append(f"| {name} | {_fmt(s['f1'])} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['nmi'])} "
+                         f"| {_fmt(s['switches_per_episode'], 2)} | {_fmt(s['mean_segment_length'], 1)} "
+                         f"| {_fmt(s['true_mean_subgoal_length'], 1)} |")
+        lines += ["", "Paper target: switch F1 >= 0.9 with quasi-binary beta aligned with subgoal changes.", ""]
+        lines += _image(run, "switching_beta.png", "beta traces with true subgoal switches")
+    else:
+        lines += ["_no metacontroller_", ""]
+
+    lines += ["## RL on the post-training task (sparse reward)", ""]
+    methods = results["methods"]
+    if methods:
+        lines += ["| method | held-out success (start -> end) | episodes to 90% | episodes | low-level env steps | seeds |",
+                  "|---|---|---|---|---|---|"]
+        for name, m in methods.items():
+            lines.append(f"| {METHOD_NAMES.get(name, name)} | {_fmt(m['initial_success'])} -> {_fmt(m['final_success'])} "
+                         f"| {_fmt(m['episodes_to_90'])} | {m['episodes']} | {m['env_steps']} | {m['seeds']} |")
+        lines += ["", "Paper target: internal RL >= 0.9 where raw-action RL stays near 0. Success is the mean over "
+                  "seeds; curves show the mean with a 95% interval.", ""]
+        for name in figures:
+            lines += _image(run, name, name)
+    else:
+        lines += ["_no RL results_", ""]
+
+    if "stage_seconds" in results:
+        lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v, 0)} |" for k, v in results["stage_seconds"].items()]
+        lines.append("")
+
+    path = run / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path

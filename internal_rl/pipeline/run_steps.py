@@ -1,0 +1,60 @@
+"""Analysis steps on a run folder: read the run's model and dataset, write results beside them."""
+
+from pathlib import Path
+from typing import Any
+
+from internal_rl.common.config import load_json, replace, save_json
+
+
+def run_dataset(run: Path, data: Path | None = None) -> Path:
+    """`data` if given, else the dataset recorded in RUN's pretraining checkpoint."""
+    from internal_rl.metacontroller.training import dataset_of_run
+
+    return Path(data) if data is not None else dataset_of_run(run)
+
+
+def probe_run(
+    run: Path, preset: str = "quick", *, data: Path | None = None, seed: int | None = None, steps: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Fit linear subgoal probes at every hook of RUN's base model; write RUN/probes.json and RUN/probes.png."""
+    from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
+    from internal_rl.data.dataset import load_dataset
+    from internal_rl.models.base_model import load_base_model
+
+    run = Path(run)
+    config = probe_preset(preset)
+    config = replace(config, **{k: v for k, v in {"seed": seed, "steps": steps}.items() if v is not None})
+    results = probe_layers(
+        load_base_model(run), load_dataset(run_dataset(run, data)), config, show_progress=show_progress
+    )
+    save_json(run / "probes.json", results)
+    plot_probe_results(results, run / "probes.png")
+    return results
+
+
+def steer_run(
+    run: Path, preset: str = "quick", *, data: Path | None = None, layers: list[str] | None = None,
+    seed: int | None = None, steps: int | None = None, episodes: int | None = None, show_progress: bool = True,
+) -> dict[str, Any]:
+    """Fit and evaluate supervised subgoal controllers per layer; write RUN/steering.json and RUN/steering.png."""
+    from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
+    from internal_rl.data.dataset import load_dataset
+    from internal_rl.data.generate import env_config_from_manifest
+    from internal_rl.models.base_model import load_base_model
+
+    run = Path(run)
+    overrides = {"seed": seed, "steps": steps, "episodes": episodes}
+    config = replace(steer_preset(preset), **{k: v for k, v in overrides.items() if v is not None})
+    model = load_base_model(run)
+    dataset = load_dataset(run_dataset(run, data))
+    hooks = resolve_layers(layers, model.n_layers)
+    results = steer_layers(
+        model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress
+    )
+    save_json(run / "steering.json", results)
+    probes = load_json(run / "probes.json") if (run / "probes.json").is_file() else None
+    plot_steering_results(results, run / "steering.png", probes=probes)
+    return results
+
+
