@@ -1,0 +1,336 @@
+"""Does the metacontroller switch where the subgoals change? (paper Sec. 5, Fig. A3 / Fig. 6 / Fig. 7)
+
+Definitions (the paper gives none; these are ours):
+- A predicted switch is a step t with beta_t > 0.5 (the threshold internal RL uses).
+- A true switch is a step t >= 1 where the ground-truth subgoal label changes (g_t != g_{t-1}).
+- The first step: the metacontroller always switches there (beta_1 = 1 by construction) and every episode
+  starts a subgoal there, so it carries no information. The headline metrics drop step 0 from both sets;
+  `include_start=True` counts it as a (always matched) true switch, for reference.
+- Matching: a predicted and a true switch match if they are at most `tolerance` (2) steps apart; each is
+  matched at most once (greedy in time order, which is a maximum matching for this interval structure).
+  precision = matched / predicted, recall = matched / true, F1 their harmonic mean, all pooled over episodes.
+- Segments: a predicted segment runs from one switch (step 0 included) to the next or to the episode end;
+  true segments are the runs of equal subgoal labels.
+- NMI between k-means clusters of z and subgoal labels (sklearn), k = number of distinct subgoals:
+  "step" clusters the z_t of every valid step; "segment" clusters each predicted segment's mean z against
+  the segment's majority label (the unit an abstract action is).
+Everything is computed with the posterior mean (z~ = mu), so results are deterministic.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
+
+from internal_rl.analysis.plots import colour
+from internal_rl.common.errors import ConfigError
+
+THRESHOLD = 0.5
+TOLERANCE = 2
+
+
+@dataclass
+class EpisodeTrace:
+    """One episode's metacontroller outputs (valid steps only) and ground-truth labels."""
+
+    beta: np.ndarray  # [T]
+    z: np.ndarray  # [T, n_z]
+    nll: np.ndarray  # [T] action NLL under the controlled base model
+    subgoals: np.ndarray  # [T]
+    targets: np.ndarray  # [T]
+
+
+def label_switches(labels: np.ndarray) -> np.ndarray:
+    """Steps t >= 1 where the label changes, as sorted indices."""
+    labels = np.asarray(labels)
+    return np.flatnonzero(labels[1:] != labels[:-1]) + 1
+
+
+def predicted_switches(beta: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+    """Steps t where beta_t > threshold, as sorted indices (step 0 included when it fires)."""
+    return np.flatnonzero(np.asarray(beta) > threshold)
+
+
+def count_matches(predicted: Sequence[int], true: Sequence[int], tolerance: int = TOLERANCE) -> int:
+    """Largest number of one-to-one pairs (p, t) with |p - t| <= tolerance.
+
+    Greedy in time order: each true switch takes the earliest unused prediction within its window. For
+    windows of equal width on a line this is a maximum matching.
+    """
+    predicted = sorted(int(p) for p in predicted)
+    used = [False] * len(predicted)
+    matched = 0
+    start = 0
+    for t in sorted(int(x) for x in true):
+        while start < len(predicted) and predicted[start] < t - tolerance:
+            start += 1
+        for i in range(start, len(predicted)):
+            if predicted[i] > t + tolerance:
+                break
+            if not used[i]:
+                used[i] = True
+                matched += 1
+                break
+    return matched
+
+
+def switch_metrics(
+    betas: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    tolerance: int = TOLERANCE,
+    threshold: float = THRESHOLD,
+    include_start: bool = False,
+) -> dict[str, float]:
+    """Pooled switch-detection precision, recall and F1 over episodes (see the module docstring)."""
+    if len(betas) != len(labels):
+        raise ConfigError(f"switch_metrics: {len(betas)} beta traces but {len(labels)} label sequences")
+    n_pred = n_true = n_match = 0
+    for beta, label in zip(betas, labels):
+        pred = predicted_switches(beta, threshold)
+        true = label_switches(label)
+        if include_start:
+            true = np.concatenate([[0], true])
+        else:
+            pred = pred[pred > 0]
+        n_pred += len(pred)
+        n_true += len(true)
+        n_match += count_matches(pred, true, tolerance)
+    precision = n_match / n_pred if n_pred else 0.0
+    recall = n_match / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "matched": n_match, "predicted": n_pred, "true": n_true}
+
+
+def segment_lengths(starts: np.ndarray, length: int) -> np.ndarray:
+    """Lengths of the segments that begin at `starts` (step 0 always begins one) in an episode of `length` steps."""
+    starts = np.union1d([0], np.asarray(starts, dtype=np.int64))
+    return np.diff(np.concatenate([starts, [length]]))
+
+
+def _length_stats(lengths: np.ndarray) -> dict[str, Any]:
+    lengths = np.asarray(lengths)
+    values, counts = np.unique(lengths, return_counts=True)
+    return {
+        "mean": float(lengths.mean()) if lengths.size else 0.0,
+        "median": float(np.median(lengths)) if lengths.size else 0.0,
+        "count": int(lengths.size),
+        "histogram": {int(v): int(c) for v, c in zip(values, counts)},
+    }
+
+
+def clustering_nmi(traces: Sequence[EpisodeTrace], seed: int = 0, threshold: float = THRESHOLD) -> dict[str, float]:
+    """NMI between k-means clusters of z and subgoal labels, at step level and at predicted-segment level."""
+    z = np.concatenate([tr.z for tr in traces])
+    labels = np.concatenate([tr.subgoals for tr in traces])
+    k = len(np.unique(labels))
+    out = {"n_clusters": k}
+    if k < 2:
+        return {**out, "step": 0.0, "segment": 0.0}
+    # scikit-learn's own threading dependency: k-means on a few thousand points is fastest on one thread,
+    # and OpenMP threads on a busy machine made it 10x slower.
+    with threadpool_limits(1):
+        return {**out, **_nmi(traces, z, labels, k, seed, threshold)}
+
+
+def _nmi(traces: Sequence[EpisodeTrace], z: np.ndarray, labels: np.ndarray, k: int, seed: int,
+         threshold: float) -> dict[str, float]:
+    out = {}
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed)
+    out["step"] = float(normalized_mutual_info_score(labels, km.fit_predict(z)))
+    seg_z, seg_labels = [], []
+    for tr in traces:
+        starts = np.union1d([0], predicted_switches(tr.beta, threshold))
+        for a, b in zip(starts, np.concatenate([starts[1:], [len(tr.beta)]])):
+            seg_z.append(tr.z[a:b].mean(0))
+            seg_labels.append(np.bincount(tr.subgoals[a:b]).argmax())
+    if len(seg_z) >= k:
+        clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.stack(seg_z))
+        out["segment"] = float(normalized_mutual_info_score(seg_labels, clusters))
+    else:
+        out["segment"] = 0.0
+    return out
+
+
+@torch.no_grad()
+def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, dataset: Any, max_episodes: int,
+                   batch_size: int = 256) -> list[EpisodeTrace]:
+    """Run the controlled base model over the first `max_episodes` of `dataset` (z~ = mu) and keep per-episode traces."""
+    from internal_rl.metacontroller.training import controlled_forward
+
+    n = min(max_episodes, dataset.num_episodes)
+    traces = []
+    for start in range(0, n, batch_size):
+        batch = dataset.batch(np.arange(start, min(start + batch_size, n)))
+        nll, out = controlled_forward(base, metacontroller, batch, sample=False)
+        lengths = batch["mask"].sum(1).tolist()
+        for i, length in enumerate(lengths):
+            traces.append(EpisodeTrace(
+                beta=out["beta"][i, :length].numpy(),
+                z=out["z"][i, :length].numpy(),
+                nll=nll[i, :length].numpy(),
+                subgoals=batch["subgoals"][i, :length].numpy(),
+                targets=batch["targets"][i, :length].numpy(),
+            ))
+    return traces
+
+
+def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str, Any]:
+    """All switching metrics of a set of episode traces, as a JSON-ready dict."""
+    if not traces:
+        raise ConfigError("switching_report: no episodes to analyse")
+    betas = [tr.beta for tr in traces]
+    pred_lengths = np.concatenate([segment_lengths(predicted_switches(tr.beta), len(tr.beta)) for tr in traces])
+    true_lengths = np.concatenate([segment_lengths(label_switches(tr.subgoals), len(tr.subgoals)) for tr in traces])
+    steps = sum(len(tr.beta) for tr in traces)
+    binary = np.concatenate([(b < 0.1) | (b > 0.9) for b in betas])
+    return {
+        "episodes": len(traces),
+        "steps": steps,
+        "threshold": THRESHOLD,
+        "tolerance": TOLERANCE,
+        "subgoal_switches": switch_metrics(betas, [tr.subgoals for tr in traces]),
+        "subgoal_switches_with_start": switch_metrics(betas, [tr.subgoals for tr in traces], include_start=True),
+        "colour_switches": switch_metrics(betas, [tr.targets for tr in traces]),
+        "nmi": clustering_nmi(traces, seed=seed),
+        "segment_length": _length_stats(pred_lengths),
+        "true_subgoal_length": _length_stats(true_lengths),
+        "switches_per_episode": float(np.mean([len(predicted_switches(b)) for b in betas])),
+        "true_subgoals_per_episode": float(np.mean([len(label_switches(tr.subgoals)) + 1 for tr in traces])),
+        "beta_quasi_binary_fraction": float(binary.mean()),
+        "action_nll": float(np.concatenate([tr.nll for tr in traces]).mean()),
+    }
+
+
+def plot_beta_traces(traces: Sequence[EpisodeTrace], path: Path, n_episodes: int = 6, title: str | None = None) -> Path:
+    """beta_t of the first `n_episodes` episodes, one panel each, with true subgoal switches as dashed lines."""
+    shown = list(traces[:n_episodes])
+    if not shown:
+        raise ConfigError("plot_beta_traces: no episodes to plot")
+    fig = Figure(figsize=(8.0, 1.3 * len(shown) + 0.8), dpi=120)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
+    for i, (ax, tr) in enumerate(zip(axes, shown)):
+        t = np.arange(len(tr.beta))
+        for s in label_switches(tr.subgoals):
+            ax.axvline(s, color="0.3", ls="--", lw=1)
+        for start, stop in zip(np.union1d([0], label_switches(tr.subgoals)),
+                               np.concatenate([label_switches(tr.subgoals), [len(t)]])):
+            ax.axvspan(start - 0.5, stop - 0.5, color=colour(int(tr.subgoals[start]) + 2), alpha=0.12, lw=0)
+        ax.plot(t, tr.beta, color=colour(0), marker=".", ms=4, lw=1.5)
+        ax.axhline(THRESHOLD, color="0.6", ls=":", lw=1)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel(f"ep {i}\nbeta")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[-1].set_xlabel("time step (dashed: true subgoal switch; shading: subgoal)")
+    fig.suptitle(title or "switching unit beta_t on held-out episodes")
+    fig.tight_layout()
+    return _save_png(fig, Path(path))
+
+
+def plot_alpha_sweep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The rate-distortion trade-off of an alpha sweep: held-out action NLL and switches per episode vs alpha."""
+    rows = sorted(rows, key=lambda r: r["alpha"])
+    alphas = [r["alpha"] for r in rows]
+    fig = Figure(figsize=(9.0, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    panels = (("action_nll", "held-out action NLL"), ("switches_per_episode", "switches / episode"), ("f1", "switch F1"))
+    for i, (ax, (key, label)) in enumerate(zip(axes, panels)):
+        ax.plot(alphas, [r[key] for r in rows], color=colour(i), marker="o")
+        if key == "switches_per_episode":
+            ax.axhline(np.mean([r["true_subgoals_per_episode"] for r in rows]), color="0.4", ls="--", lw=1, label="true subgoals")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_xlabel("alpha (KL strength)")
+        ax.set_ylabel(label)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _save_png(fig, Path(path))
+
+
+def _save_png(fig: Figure, path: Path) -> Path:
+    """Write the figure atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
+
+
+# --- run folders ----------------------------------------------------------------------------------------
+
+
+def _held_out_of(metacontroller_config: dict[str, Any], data: Path | None) -> Any:
+    """The held-out episodes the metacontroller was not trained on (same split as its training)."""
+    from internal_rl.data.dataset import load_dataset
+
+    data_dir = Path(data) if data is not None else Path(metacontroller_config["dataset"]["path"])
+    dataset = load_dataset(data_dir)
+    train = metacontroller_config["train"]
+    return dataset.split(train["holdout_fraction"], train["seed"])[1]
+
+
+def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path | None = None,
+                max_episodes: int = 1000, seed: int = 0, plot: bool = True) -> dict[str, Any]:
+    """Switching analysis of RUN's metacontroller on its held-out episodes; writes RUN/switching.json and
+    RUN/switching_beta.png (for the default stage) and returns the report."""
+    from internal_rl.common.checkpoint import load_checkpoint
+    from internal_rl.common.config import save_json
+    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
+    from internal_rl.models.base_model import load_base_model
+
+    run_dir = Path(run_dir)
+    stage = run_dir / stage_name
+    checkpoint = find_metacontroller_checkpoint(stage)
+    _, config, _ = load_checkpoint(checkpoint)
+    held_out = _held_out_of(config, data)
+    base = load_base_model(run_dir)
+    metacontroller = load_metacontroller(checkpoint)
+    traces = collect_traces(base, metacontroller, held_out, max_episodes)
+    report = {"metacontroller": config["metacontroller"], "step": config.get("step"), **switching_report(traces, seed=seed)}
+    suffix = "" if stage_name == "metacontroller" else f"_{stage.name}"
+    if plot:
+        alpha = config["metacontroller"]["alpha"]
+        report["plot"] = str(plot_beta_traces(traces, run_dir / f"switching_beta{suffix}.png",
+                                              title=f"beta_t on held-out episodes (alpha={alpha})"))
+    report["json"] = str(run_dir / f"switching{suffix}.json")
+    save_json(Path(report["json"]), report)
+    return report
+
+
+def alpha_sweep(run_dir: Path, alphas: Sequence[float], *, preset_name: str = "quick", data: Path | None = None,
+                steps: int | None = None, seed: int | None = None, max_episodes: int = 500,
+                show_progress: bool = True) -> dict[str, Any]:
+    """Train one metacontroller per alpha (RUN/alpha_sweep/alpha_<a>/, resumable) and record the trade-off
+    between held-out action NLL and the number of switches; writes RUN/alpha_sweep.json and .png."""
+    from internal_rl.common.config import save_json
+    from internal_rl.metacontroller.training import train_metacontroller_run
+
+    if not alphas:
+        raise ConfigError("alpha_sweep: no alpha values given; e.g. --alpha-sweep 0,0.05,0.1")
+    rows = []
+    for alpha in alphas:
+        stage_name = f"alpha_sweep/alpha_{alpha:g}"
+        train_metacontroller_run(run_dir, preset_name=preset_name, data=data, alpha=alpha, steps=steps, seed=seed,
+                                 resume=True, stage_name=stage_name, show_progress=show_progress)
+        report = analyse_run(run_dir, stage_name=stage_name, data=data, max_episodes=max_episodes, plot=False)
+        rows.append({
+            "alpha": alpha,
+            "action_nll": report["action_nll"],
+            "switches_per_episode": report["switches_per_episode"],
+            "true_subgoals_per_episode": report["true_subgoals_per_episode"],
+            "f1": report["subgoal_switches"]["f1"],
+            "nmi_step": report["nmi"]["step"],
+            "mean_segment_length": report["segment_length"]["mean"],
+        })
+    result = {"preset": preset_name, "rows": rows,
+              "plot": str(plot_alpha_sweep(rows, Path(run_dir) / "alpha_sweep.png"))}
+    save_json(Path(run_dir) / "alpha_sweep.json", result)
+    return result

@@ -1,0 +1,358 @@
+"""Self-supervised metacontroller training against a frozen base model (paper Eq. 3 / 9, Table A9).
+
+The loss of one batch, per valid step t and averaged over valid steps:
+
+    L(phi) = -log p_theta(a_t | o_{1:t}, with e_t -> e_t + U_t e_t at the controlled hook)
+             + alpha * KL(N(mu_t, Sigma_t) || N(0, I))
+
+with lambda = 0 (no observation term, Tables A9/A10). The KL is charged at every step and is not
+weighted by beta; there is no loss of any kind on beta. Only the metacontroller's parameters phi are
+trained: the base model is frozen (eval mode, requires_grad False) but differentiated through, so the
+action NLL reaches phi via the upper blocks. z~_t is sampled with the reparameterisation trick.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from internal_rl.common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from internal_rl.common.config import config_to_dict, load_json, replace, save_json
+from internal_rl.common.errors import CheckpointError, ConfigError, check
+from internal_rl.common.logging import ScalarLogger, progress
+from internal_rl.common.seeding import derive_seed, seed_everything
+from internal_rl.metacontroller.modules import (
+    CHECKPOINT_SUBDIR,
+    METACONTROLLER_DIR,
+    NO_SWITCH_DIR,
+    Metacontroller,
+    MetacontrollerConfig,
+    kl_to_standard_normal,
+)
+from internal_rl.models.controller import apply_controller
+
+
+@dataclass(frozen=True)
+class MetacontrollerTrainConfig:
+    """Optimisation settings (defaults: paper Table A9, grid world; AdamW, constant learning rate)."""
+
+    steps: int = 64_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.03
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    # Linear warm-up of alpha from 0 over this many steps (0: none, as in the paper). Not in the paper: a
+    # standard remedy for the posterior collapse short runs fall into (the KL silences z before the decoder
+    # has learned to use it); the target alpha is unchanged and charged at every step, not weighted by beta.
+    alpha_warmup_steps: int = 0
+    # Steps at the start with beta forced to 1 (per-step codes), before the switching unit takes over
+    # (0: none, as in the paper). Not in the paper: in short runs the switching unit otherwise learns to
+    # hold the first code (beta -> 0) before the codes carry information, and never switches again.
+    switch_warmup_steps: int = 0
+    holdout_fraction: float = 0.1  # episodes kept out of training, for the held-out NLL and the analysis
+    eval_episodes: int = 256  # held-out episodes scored at each evaluation
+    log_every: int = 25
+    eval_every: int = 500
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_episodes", "log_every", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value > 0, f"MetacontrollerTrainConfig.{name}={value!r}; expected a positive int")
+        check(self.lr > 0, f"MetacontrollerTrainConfig.lr={self.lr}; expected > 0")
+        check(self.weight_decay >= 0, f"MetacontrollerTrainConfig.weight_decay={self.weight_decay}; expected >= 0")
+        check(self.switch_warmup_steps >= 0, f"MetacontrollerTrainConfig.switch_warmup_steps={self.switch_warmup_steps}; expected >= 0")
+        check(self.alpha_warmup_steps >= 0, f"MetacontrollerTrainConfig.alpha_warmup_steps={self.alpha_warmup_steps}; expected >= 0")
+        check(0 < self.holdout_fraction < 1, f"MetacontrollerTrainConfig.holdout_fraction={self.holdout_fraction}; expected in (0, 1)")
+
+
+PRESETS: dict[str, MetacontrollerTrainConfig] = {
+    "paper": MetacontrollerTrainConfig(),
+    # About 3 minutes on 2 CPU cores on top of a quick-preset base model.
+    "quick": MetacontrollerTrainConfig(steps=1_500, batch_size=64, eval_episodes=128, eval_every=250, checkpoint_every=250),
+}
+
+
+def preset(name: str) -> MetacontrollerTrainConfig:
+    """The named training preset; ConfigError listing the valid names otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown metacontroller preset {name!r}; valid: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _valid_actions(actions: Tensor, mask: Tensor) -> Tensor:
+    """Actions with padded steps replaced by 0, so that log_prob is defined everywhere (they are masked)."""
+    m = mask.view(*mask.shape, *([1] * (actions.dim() - mask.dim())))
+    return torch.where(m, actions, torch.zeros_like(actions))
+
+
+def controlled_forward(
+    base: nn.Module,
+    metacontroller: Metacontroller,
+    batch: Mapping[str, Tensor],
+    *,
+    sample: bool = True,
+    generator: torch.Generator | None = None,
+    force_switch: bool | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Run the base model with the metacontroller's controller at its hook.
+
+    Returns (action NLL [B,T] under the controlled model, the metacontroller's outputs: z, beta, mu, ...).
+    The metacontroller sees the whole uncontrolled sequence e_{1:T} at the hook (its embedder is non-causal);
+    each step's controlled activation e_t + U_t e_t then flows causally through the upper blocks.
+    """
+    outputs: dict[str, Any] = {}
+
+    def intervene(e: Tensor) -> Tensor:  # e [B,T,d]
+        outputs.update(metacontroller(e, batch["mask"], sample=sample, generator=generator, force_switch=force_switch))
+        return apply_controller(e, outputs["controller"])
+
+    model_out = base(batch["observations"], interventions={metacontroller.config.hook: intervene})
+    dist = base.action_distribution(model_out.action_params)
+    nll = -dist.log_prob(_valid_actions(batch["actions"], batch["mask"]))
+    return nll, outputs
+
+
+def metacontroller_loss(
+    base: nn.Module,
+    metacontroller: Metacontroller,
+    batch: Mapping[str, Tensor],
+    *,
+    generator: torch.Generator | None = None,
+    sample: bool = True,
+    alpha: float | None = None,
+    force_switch: bool | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The training loss (masked mean over valid steps of NLL + alpha * KL) and its named parts.
+
+    `alpha` defaults to the metacontroller's configured KL strength; `force_switch` overrides its config.
+    """
+    nll, out = controlled_forward(base, metacontroller, batch, sample=sample, generator=generator, force_switch=force_switch)
+    kl = kl_to_standard_normal(out["mu"], out["logvar"])  # [B,T], every step, not weighted by beta
+    mask = batch["mask"].to(nll.dtype)
+    n_valid = mask.sum()
+    nll_mean = (nll * mask).sum() / n_valid
+    kl_mean = (kl * mask).sum() / n_valid
+    alpha = metacontroller.config.alpha if alpha is None else alpha
+    loss = nll_mean + alpha * kl_mean
+    switches = ((out["beta"] > 0.5).to(nll.dtype) * mask).sum(1)
+    metrics = {
+        "loss": loss.item(),
+        "alpha": float(alpha),
+        "nll": nll_mean.item(),
+        "kl": kl_mean.item(),
+        "beta_mean": ((out["beta"] * mask).sum() / n_valid).item(),
+        "switches_per_episode": switches.mean().item(),
+    }
+    return loss, metrics
+
+
+@torch.no_grad()
+def evaluate(base: nn.Module, metacontroller: Metacontroller, dataset: Any, max_episodes: int, batch_size: int = 256) -> dict[str, float]:
+    """Held-out action NLL, KL and switch rate with z~ = mu (deterministic), over the first `max_episodes`."""
+    n = min(max_episodes, dataset.num_episodes)
+    totals = {"nll": 0.0, "kl": 0.0, "switches_per_episode": 0.0}
+    steps = 0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = dataset.batch(idx)
+        nll, out = controlled_forward(base, metacontroller, batch, sample=False)
+        mask = batch["mask"].to(nll.dtype)
+        totals["nll"] += (nll * mask).sum().item()
+        totals["kl"] += (kl_to_standard_normal(out["mu"], out["logvar"]) * mask).sum().item()
+        totals["switches_per_episode"] += ((out["beta"] > 0.5).to(nll.dtype) * mask).sum().item()
+        steps += int(mask.sum().item())
+    return {
+        "nll": totals["nll"] / steps,
+        "kl": totals["kl"] / steps,
+        "switches_per_episode": totals["switches_per_episode"] / n,
+    }
+
+
+def freeze(base: nn.Module) -> nn.Module:
+    """Put the base model in eval mode with no trainable parameters (it is part of the environment)."""
+    base.eval()
+    base.requires_grad_(False)
+    return base
+
+
+def resolve_config(config: MetacontrollerConfig, base: nn.Module) -> MetacontrollerConfig:
+    """Fill in the base model's width and controlled hook; refuse a hook the base model does not have."""
+    from internal_rl.models.hooks import controlled_hook, validate_hook
+
+    hook = controlled_hook(base.n_layers) if config.hook is None else validate_hook(config.hook, base.n_layers)
+    return replace(config, d_model=base.d_model, hook=hook)
+
+
+def train_metacontroller(
+    base: nn.Module,
+    dataset: Any,
+    config: MetacontrollerConfig,
+    train: MetacontrollerTrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    log_dir: Path | None = None,
+    resume: bool = False,
+    extra_config: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[Metacontroller, dict[str, Any]]:
+    """Train a metacontroller on `dataset` (a TrajectoryDataset) against the frozen `base`; return it and a summary.
+
+    With `checkpoint_dir`, checkpoints (weights, config, optimizer and RNG state) replace it atomically every
+    `checkpoint_every` steps and at the end; `log_dir` receives TensorBoard scalars. `resume=True` continues
+    from the checkpoint in `checkpoint_dir` if one exists, and the result equals an uninterrupted run's.
+    `extra_config` is stored in the checkpoint's config (e.g. the dataset path and checksum).
+    """
+    freeze(base)
+    config = resolve_config(config, base)
+    train_part, held_out = dataset.split(train.holdout_fraction, train.seed)
+    check(
+        train.batch_size <= train_part.num_episodes,
+        f"batch_size {train.batch_size} exceeds the {train_part.num_episodes} training episodes; use a smaller batch or more data",
+    )
+    seed_everything(train.seed)
+    model = Metacontroller(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=train.betas)
+    generator = torch.Generator().manual_seed(derive_seed(train.seed, "z-noise"))
+    saved_config = {
+        "metacontroller": config_to_dict(config),
+        "train": config_to_dict(train),
+        **dict(extra_config or {}),
+    }
+    start_step, history = 0, []
+    if checkpoint_dir is not None and resume and (Path(checkpoint_dir) / "config.json").is_file():
+        start_step, history = _restore(Path(checkpoint_dir), model, optimizer, generator, saved_config)
+    logger = ScalarLogger(log_dir)
+    batches = train_part.infinite_batches(train.batch_size, seed=derive_seed(train.seed, "batches"), start_step=start_step)
+    model.train()
+    started = time.perf_counter()
+    bar = progress(range(start_step, train.steps), total=train.steps - start_step, desc="metacontroller", disable=not show_progress)
+    for step in bar:
+        alpha = config.alpha * (min(1.0, step / train.alpha_warmup_steps) if train.alpha_warmup_steps else 1.0)
+        forced = True if step < train.switch_warmup_steps else None
+        loss, metrics = metacontroller_loss(base, model, next(batches), generator=generator, alpha=alpha, force_switch=forced)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done = step + 1
+        if done % train.log_every == 0 or done == train.steps:
+            logger.log(done, **{f"train/{k}": v for k, v in metrics.items()})
+            bar.set_postfix(nll=f"{metrics['nll']:.3f}", kl=f"{metrics['kl']:.2f}", sw=f"{metrics['switches_per_episode']:.1f}")
+        if done % train.eval_every == 0 or done == train.steps:
+            model.eval()
+            scores = evaluate(base, model, held_out, train.eval_episodes)
+            model.train()
+            logger.log(done, **{f"heldout/{k}": v for k, v in scores.items()})
+            history.append({"step": done, **{f"train_{k}": v for k, v in metrics.items()}, **{f"heldout_{k}": v for k, v in scores.items()}})
+        if on_step is not None:
+            on_step(done, metrics)
+        if checkpoint_dir is not None and (done % train.checkpoint_every == 0 or done == train.steps):
+            _save(Path(checkpoint_dir), model, optimizer, generator, saved_config, done, history)
+    logger.close()
+    model.eval()
+    summary = {
+        "steps": train.steps,
+        "resumed_from": start_step,
+        "train_seconds": time.perf_counter() - started,
+        "final": history[-1] if history else {},
+        "history": history,
+    }
+    return model, summary
+
+
+def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+          config: dict[str, Any], step: int, history: list[dict[str, float]]) -> None:
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "rng": rng_state(),
+        "history": history,
+    }
+    save_checkpoint(out, model, {**config, "step": step}, state)
+
+
+def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+             config: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
+    weights, saved, state = load_checkpoint(out)
+    if state is None:
+        raise CheckpointError(f"{out} has no training state to resume from; delete it or train without --resume")
+    # The step budget may grow on resume; anything else changed would silently train another model.
+    ignored = {"steps"}
+    for key in ("metacontroller", "train"):
+        have = {k: v for k, v in (saved.get(key) or {}).items() if k not in ignored}
+        want = {k: v for k, v in config[key].items() if k not in ignored}
+        if have != want:
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise CheckpointError(f"cannot resume {out}: its {key} config differs from the requested one in {diff}")
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), list(state["history"])
+
+
+# --- run folders ----------------------------------------------------------------------------------------
+
+
+def dataset_of_run(run_dir: Path) -> Path:
+    """The dataset folder pretraining recorded in the base model's checkpoint config ("dataset": {"path": ...})."""
+    from internal_rl.models.base_model import find_base_model_checkpoint
+
+    config_path = find_base_model_checkpoint(run_dir) / "config.json"
+    recorded = load_json(config_path).get("dataset")
+    if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
+        return Path(recorded["path"])
+    raise ConfigError(f"{config_path} records no dataset path (expected 'dataset': {{'path': ...}}); pass --data DIR")
+
+
+def train_metacontroller_run(
+    run_dir: Path,
+    *,
+    preset_name: str = "quick",
+    data: Path | None = None,
+    alpha: float | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    force_switch: bool = False,
+    resume: bool = False,
+    stage_name: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train the metacontroller of run folder `run_dir` against its base model into RUN/<stage_name>/
+    (default: RUN/metacontroller, or RUN/metacontroller-no-switch for the `force_switch` ablation).
+
+    Layout (as the pretrain stage): checkpoint/ (weights, config.json, training state), tb/, summary.json.
+    The dataset is the one pretraining recorded, unless `data` is given. Refuses to overwrite an existing
+    checkpoint unless `resume` (which continues it, or starts afresh when there is none). Returns the
+    summary (also written to summary.json).
+    """
+    from internal_rl.data.dataset import load_dataset
+    from internal_rl.models.base_model import load_base_model
+
+    if stage_name is None:
+        stage_name = NO_SWITCH_DIR if force_switch else METACONTROLLER_DIR
+    stage = Path(run_dir) / stage_name
+    checkpoint_dir = stage / CHECKPOINT_SUBDIR
+    if checkpoint_dir.exists() and not resume:
+        raise CheckpointError(f"{stage} already holds a metacontroller; pass --resume to continue it, or delete it")
+    train = preset(preset_name)
+    train = replace(train, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+    config = MetacontrollerConfig(force_switch=force_switch, **({} if alpha is None else {"alpha": alpha}))
+    data_dir = Path(data) if data is not None else dataset_of_run(run_dir)
+    dataset = load_dataset(data_dir)
+    base = load_base_model(run_dir)
+    extra = {"dataset": {"path": str(data_dir.resolve()), "checksum": dataset.checksum}, "preset": preset_name}
+    _, summary = train_metacontroller(
+        base, dataset, config, train, checkpoint_dir=checkpoint_dir, log_dir=stage / "tb", resume=resume,
+        extra_config=extra, show_progress=show_progress,
+    )
+    summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage)}
+    save_json(stage / "summary.json", summary)
+    return summary

@@ -1,0 +1,401 @@
+"""Metacontroller modules and training: shapes and masking, temporal integration, KL, causal switching,
+a planted two-phase segmentation recovered, the base model frozen, checkpoints and exact resume."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from internal_rl.analysis.switching import switch_metrics
+from internal_rl.common.config import replace
+from internal_rl.common.errors import CheckpointError, ConfigError
+from internal_rl.data.dataset import TrajectoryDataset
+from internal_rl.metacontroller.modules import (
+    Metacontroller,
+    MetacontrollerConfig,
+    kl_to_standard_normal,
+    load_metacontroller,
+    reverse_valid,
+)
+from internal_rl.metacontroller.training import (
+    MetacontrollerTrainConfig,
+    metacontroller_loss,
+    preset,
+    train_metacontroller,
+)
+from internal_rl.models.controller import apply_controller
+
+HOOK = "blocks.0.hook_resid_post"
+N_ACTIONS = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscription overhead (measured 10-80x slower with 2 on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**kwargs) -> MetacontrollerConfig:
+    values = dict(d_model=16, hook=HOOK, n_z=4, enc_hidden=32, dec_hidden=16, n_h=16, n_s=16, rank=4,
+                  switch_hidden=16, embedder_width=16)
+    return MetacontrollerConfig(**{**values, **kwargs})
+
+
+class ToyBase(nn.Module):
+    """A stand-in for BaseModel with its forward/intervention contract: e = W o at HOOK, logits = R e."""
+
+    n_layers = 2
+    d_model = 16
+
+    def __init__(self, obs_dim: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Linear(obs_dim, self.d_model)
+        self.readout = nn.Linear(self.d_model, N_ACTIONS)
+        with torch.no_grad():
+            self.readout.weight.mul_(3.0)
+        self.hook_names = (HOOK,)
+
+    def forward(self, obs, *, interventions=None, cache_hooks=()):
+        e = self.embed(obs)
+        cache = {HOOK: e} if HOOK in cache_hooks else {}
+        if interventions and HOOK in interventions:
+            e = interventions[HOOK](e)
+        return SimpleNamespace(action_params=self.readout(e), obs_params=None, cache=cache)
+
+    def action_distribution(self, action_params):
+        return torch.distributions.Categorical(logits=action_params)
+
+
+def two_phase_dataset(n_episodes: int, seed: int) -> TrajectoryDataset:
+    """Episodes whose expert repeats action A until a hidden switch step tau, then action B.
+
+    The observation is [one-hot distractor, cue, 1, one-hot A, one-hot B]: the cue marks tau (as reaching
+    a colour marks a subgoal change in the grid world), and A and B are revealed only in the last
+    observation. So the causal model cannot know them, only the metacontroller's sequence embedder can,
+    and since a linear controller of the toy model's e = W o cannot turn "after the cue" into a different
+    action, one code per phase is needed: a switch exactly at tau.
+    """
+    rng = np.random.default_rng(seed)
+    obs, actions, phases, starts, lengths = [], [], [], [], []
+    step = 0
+    for _ in range(n_episodes):
+        length = int(rng.integers(10, 15))
+        tau = int(rng.integers(3, length - 3))
+        a, b = rng.choice(N_ACTIONS, size=2, replace=False)
+        o = np.zeros((length, 3 * N_ACTIONS + 2), np.float32)
+        o[np.arange(length), rng.integers(0, N_ACTIONS, size=length)] = 1.0
+        o[tau, N_ACTIONS] = 1.0
+        o[:, N_ACTIONS + 1] = 1.0
+        o[-1, N_ACTIONS + 2 + a] = 1.0
+        o[-1, 2 * N_ACTIONS + 2 + b] = 1.0
+        obs.append(o)
+        actions.append(np.where(np.arange(length) < tau, a, b))
+        phases.append((np.arange(length) >= tau).astype(np.int8))
+        starts.append(step)
+        lengths.append(length)
+        step += length
+    arrays = {
+        "observations": np.concatenate(obs),
+        "actions": np.concatenate(actions).astype(np.int64),
+        "rewards": np.zeros(step, np.float32),
+        "targets": np.concatenate(phases),
+        "subgoals": np.concatenate(phases),
+        "episode_starts": np.array(starts, np.int64),
+        "episode_lengths": np.array(lengths, np.int64),
+        "tasks": np.zeros((n_episodes, 2), np.int8),
+        "final_observations": np.zeros((n_episodes, 3 * N_ACTIONS + 2), np.float32),
+    }
+    return TrajectoryDataset.from_arrays(arrays, {"env": "two-phase"})
+
+
+def _padded_batch(b=3, t=7, d=16, seed=0):
+    torch.manual_seed(seed)
+    e = torch.randn(b, t, d)
+    lengths = torch.tensor([t, t - 2, 3])[:b]
+    mask = torch.arange(t)[None] < lengths[:, None]
+    return e, mask, lengths
+
+
+def test_shapes():
+    config = tiny_config()
+    mc = Metacontroller(config)
+    e, mask, _ = _padded_batch()
+    out = mc(e, mask)
+    assert out["z"].shape == out["mu"].shape == out["logvar"].shape == out["z_tilde"].shape == (3, 7, 4)
+    assert out["beta"].shape == (3, 7)
+    assert out["s"].shape == (3, 16)
+    assert out["controller"].batch_shape == (3, 7)
+    assert ((out["beta"] >= 0) & (out["beta"] <= 1)).all()
+    assert apply_controller(e, out["controller"]).shape == e.shape
+
+
+@pytest.mark.parametrize("embedder", ["sequence", "reverse"])
+def test_padding_does_not_change_valid_steps(embedder):
+    mc = Metacontroller(tiny_config(embedder=embedder))
+    e, mask, lengths = _padded_batch()
+    out = mc(e, mask, sample=False)
+    for i, n in enumerate(lengths.tolist()):
+        single = mc(e[i : i + 1, :n], sample=False)
+        for key in ("z", "beta", "mu", "logvar", "s"):
+            got = out[key][i, :n] if (key != "s" or embedder == "reverse") else out[key][i]
+            torch.testing.assert_close(got, single[key][0], atol=1e-5, rtol=1e-5)
+    # Garbage in the padding changes nothing either.
+    e2 = e.clone()
+    e2[~mask] = 100.0
+    out2 = mc(e2, mask, sample=False)
+    torch.testing.assert_close(out2["z"][mask], out["z"][mask], atol=1e-5, rtol=1e-5)
+
+
+def test_reverse_valid_reverses_each_row_and_keeps_padding():
+    x = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1)
+    out = reverse_valid(x, torch.tensor([5, 3]))
+    assert out[0, :, 0].tolist() == [4, 3, 2, 1, 0]
+    assert out[1, :, 0].tolist() == [7, 6, 5, 8, 9]
+    torch.testing.assert_close(reverse_valid(out, torch.tensor([5, 3])), x)
+
+
+def test_reverse_embedder_sees_only_the_future():
+    mc = Metacontroller(tiny_config(embedder="reverse"))
+    e, _, _ = _padded_batch()
+    s = mc(e, sample=False)["s"]
+    e2 = e.clone()
+    e2[:, :3] = torch.randn_like(e2[:, :3])
+    s2 = mc(e2, sample=False)["s"]
+    torch.testing.assert_close(s2[:, 3:], s[:, 3:])
+
+
+def test_force_switch_gives_per_step_codes():
+    mc = Metacontroller(tiny_config(force_switch=True))
+    e, mask, _ = _padded_batch()
+    out = mc(e, mask)
+    assert (out["beta"] == 1).all()
+    torch.testing.assert_close(out["z"], out["z_tilde"])
+    beta, _ = mc.switch_step(e[:, 0], mc.init_switch_state(3), torch.zeros(3, 4))
+    assert (beta == 1).all()
+
+
+def _constant_beta(mc: Metacontroller, value: float) -> None:
+    with torch.no_grad():
+        mc.switching_unit.out.weight.zero_()
+        mc.switching_unit.out.bias.fill_(float(torch.logit(torch.tensor(value))) if 0 < value < 1 else 50.0 * (2 * value - 1))
+
+
+def test_beta_one_gives_per_step_codes():
+    mc = Metacontroller(tiny_config())
+    _constant_beta(mc, 1.0)
+    e, mask, _ = _padded_batch()
+    out = mc(e, mask)
+    torch.testing.assert_close(out["z"], out["z_tilde"])
+
+
+def test_beta_zero_holds_z_fixed():
+    mc = Metacontroller(tiny_config())
+    _constant_beta(mc, 0.0)
+    e, mask, _ = _padded_batch()
+    out = mc(e, mask)
+    # The first step always opens a segment; after it nothing is switched in.
+    assert (out["beta"][:, 0] == 1).all()
+    torch.testing.assert_close(out["z"], out["z_tilde"][:, :1].expand_as(out["z"]), atol=1e-6, rtol=0)
+
+
+def test_temporal_integration_equation():
+    mc = Metacontroller(tiny_config())
+    _constant_beta(mc, 0.3)
+    e, mask, _ = _padded_batch()
+    out = mc(e, mask)
+    z_prev = out["z_tilde"][:, 0]  # beta_1 = 1: z_1 = z~_1
+    torch.testing.assert_close(out["z"][:, 0], z_prev)
+    for t in range(1, 7):
+        z_prev = 0.3 * out["z_tilde"][:, t] + 0.7 * z_prev
+        torch.testing.assert_close(out["z"][:, t], z_prev, atol=1e-5, rtol=1e-5)
+
+
+def test_kl_zero_at_prior_and_matches_torch():
+    mu, logvar = torch.zeros(5, 4), torch.zeros(5, 4)
+    torch.testing.assert_close(kl_to_standard_normal(mu, logvar), torch.zeros(5))
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 4), torch.randn(5, 4)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros(4), torch.ones(4))
+    torch.testing.assert_close(kl_to_standard_normal(mu, logvar), torch.distributions.kl_divergence(q, p).sum(-1))
+
+
+def test_switch_step_matches_forward():
+    mc = Metacontroller(tiny_config())
+    e, _, _ = _padded_batch()
+    out = mc(e, sample=False)
+    state, z_prev = mc.init_switch_state(3), torch.zeros(3, 4)
+    for t in range(7):
+        beta, state = mc.switch_step(e[:, t], state, z_prev)
+        # At the first step the forward pass forces beta = 1 (internal RL queries the policy there anyway).
+        expected = torch.ones(3) if t == 0 else out["beta"][:, t]
+        torch.testing.assert_close(beta, expected, atol=1e-5, rtol=1e-5)
+        z_prev = out["z"][:, t]
+
+
+def test_switching_is_causal():
+    mc = Metacontroller(tiny_config())
+    e, _, _ = _padded_batch()
+    mu = mc(e, sample=False)["mu"]
+    # With the encoder's proposals fixed, beta_t depends only on e_{1:t}: changing the future changes nothing.
+    beta = mc._integrate(mc.switching_unit.context(mc.input_norm(e), _h_prev(mc, e)), mu)[0]
+    e2 = e.clone()
+    e2[:, 4:] = torch.randn_like(e2[:, 4:])
+    beta2 = mc._integrate(mc.switching_unit.context(mc.input_norm(e2), _h_prev(mc, e2)), mu)[0]
+    torch.testing.assert_close(beta2[:, :4], beta[:, :4])
+
+
+def _h_prev(mc, e):
+    h, _ = mc.history(mc.input_norm(e))
+    return torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
+
+
+def test_bad_config_refused():
+    with pytest.raises(ConfigError):
+        MetacontrollerConfig(alpha=-1.0)
+    with pytest.raises(ConfigError):
+        MetacontrollerConfig(rank=0)
+    with pytest.raises(ConfigError):
+        preset("huge")
+    with pytest.raises(ConfigError):
+        Metacontroller(tiny_config())(torch.randn(2, 3, 8))
+
+
+def test_no_gradient_reaches_base_model():
+    data = two_phase_dataset(8, seed=0)
+    base = ToyBase(data.obs_dim)
+    base.eval().requires_grad_(False)
+    mc = Metacontroller(tiny_config())
+    loss, metrics = metacontroller_loss(base, mc, data.batch(np.arange(8)))
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert all(p.grad is not None for p in mc.encoder.parameters())
+    assert set(metrics) >= {"loss", "nll", "kl", "switches_per_episode"}
+
+
+def test_loss_is_masked_mean_of_nll_plus_alpha_kl():
+    data = two_phase_dataset(6, seed=1)
+    base = ToyBase(data.obs_dim)
+    mc = Metacontroller(tiny_config(alpha=0.5))
+    batch = data.batch(np.arange(6))
+    loss, metrics = metacontroller_loss(base, mc, batch, sample=False)
+    torch.testing.assert_close(loss.item(), metrics["nll"] + 0.5 * metrics["kl"], atol=1e-5, rtol=1e-5)
+    # U = 0 at init: the NLL is the base model's own.
+    logits = base(batch["observations"]).action_params
+    nll = -torch.distributions.Categorical(logits=logits).log_prob(batch["actions"].clamp_min(0))
+    mask = batch["mask"]
+    assert metrics["nll"] == pytest.approx(nll[mask].mean().item(), rel=1e-5)
+
+
+TRAIN = MetacontrollerTrainConfig(steps=400, batch_size=32, lr=3e-3, weight_decay=0.0, eval_episodes=64,
+                                  log_every=50, eval_every=400, checkpoint_every=400, holdout_fraction=0.2)
+
+
+def test_planted_two_phase_switch_is_found():
+    data = two_phase_dataset(400, seed=0)
+    base = ToyBase(data.obs_dim)
+    mc, summary = train_metacontroller(base, data, tiny_config(alpha=0.1), TRAIN, show_progress=False)
+    _, held_out = data.split(TRAIN.holdout_fraction, TRAIN.seed)
+    batch = held_out.batch(np.arange(held_out.num_episodes))
+    with torch.no_grad():
+        e = base(batch["observations"], cache_hooks=[HOOK]).cache[HOOK]
+        beta = mc(e, batch["mask"], sample=False)["beta"]
+    lengths = batch["mask"].sum(1).tolist()
+    betas = [beta[i, :n].numpy() for i, n in enumerate(lengths)]
+    phases = [batch["subgoals"][i, :n].numpy() for i, n in enumerate(lengths)]
+    exact = switch_metrics(betas, phases, tolerance=0)
+    assert exact["recall"] > 0.95, (exact, summary["final"])  # fires exactly at tau
+    assert exact["f1"] > 0.9, (exact, summary["final"])  # and rarely anywhere else
+    assert summary["final"]["heldout_nll"] < 0.3
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    data = two_phase_dataset(60, seed=2)
+    base = ToyBase(data.obs_dim)
+    train = replace(TRAIN, steps=6, batch_size=8, checkpoint_every=3, eval_every=3)
+    config = tiny_config()
+    full, _ = train_metacontroller(base, data, config, train, checkpoint_dir=tmp_path / "a", log_dir=tmp_path / "tb_a", show_progress=False)
+
+    # Interrupt after step 3 (the checkpoint written there), then resume from it.
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step, metrics):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_metacontroller(base, data, config, train, checkpoint_dir=tmp_path / "b", show_progress=False, on_step=stop_at_4)
+    resumed, summary = train_metacontroller(base, data, config, train, checkpoint_dir=tmp_path / "b", resume=True, show_progress=False)
+    assert summary["resumed_from"] == 3
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+    loaded = load_metacontroller(tmp_path / "b")
+    assert loaded.config.hook == HOOK and loaded.config.n_z == 4
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with pytest.raises(CheckpointError):
+        train_metacontroller(base, data, tiny_config(alpha=0.7), train, checkpoint_dir=tmp_path / "b", resume=True, show_progress=False)
+
+
+def test_real_base_model_frozen_and_hook_resolved():
+    from internal_rl.metacontroller.training import freeze, resolve_config
+    from internal_rl.models.base_model import BaseModel, BaseModelConfig
+    from internal_rl.models.transformer import TransformerConfig
+
+    data = two_phase_dataset(6, seed=3)
+    torch.manual_seed(0)
+    trunk = TransformerConfig(d_model=16, n_layers=4, n_heads=2, d_head=8, d_mlp=32)
+    base = freeze(BaseModel(BaseModelConfig(obs_dim=data.obs_dim, action_dim=N_ACTIONS, obs_head="gaussian", transformer=trunk)))
+    config = resolve_config(MetacontrollerConfig(d_model=8, n_z=4, rank=4), base)
+    assert config.hook == "blocks.1.hook_resid_post" and config.d_model == 16
+    mc = Metacontroller(config)
+    loss, _ = metacontroller_loss(base, mc, data.batch(np.arange(6)))
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert mc.controller_decoder.b_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError):
+        resolve_config(MetacontrollerConfig(hook="blocks.9.hook_resid_post"), base)
+
+
+def test_cli_refuses_run_without_base_model(tmp_path, capsys):
+    from internal_rl.cli import main
+
+    assert main(["metacontroller", "--run", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().err
+    assert main(["analyse", "--run", str(tmp_path)]) == 2
+
+
+def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
+    from internal_rl.cli import main
+    from internal_rl.common.config import load_json
+    from internal_rl.models.base_model import BaseModelConfig
+    from internal_rl.models.pretraining import PretrainConfig, run_pretraining
+    from internal_rl.models.transformer import TransformerConfig
+
+    data_dir, run = tmp_path / "data", tmp_path / "run"
+    data = two_phase_dataset(150, seed=4)
+    data.save(data_dir)
+    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    model = BaseModelConfig(obs_dim=data.obs_dim, action_dim=N_ACTIONS, transformer=trunk)
+    run_pretraining(PretrainConfig(model=model, steps=2, batch_size=8, eval_rollouts=0), data_dir, run / "pretrain",
+                    show_progress=False)
+
+    assert main(["metacontroller", "--run", str(run), "--steps", "2"]) == 0
+    assert main(["metacontroller", "--run", str(run), "--steps", "2"]) == 2  # refuses to overwrite
+    assert main(["metacontroller", "--run", str(run), "--steps", "3", "--resume"]) == 0
+    assert main(["metacontroller", "--run", str(run), "--steps", "2", "--force-switch"]) == 0
+    assert load_metacontroller(run / "metacontroller-no-switch").config.force_switch
+    assert load_metacontroller(run).config.hook == "blocks.0.hook_resid_post"
+    assert main(["analyse", "--run", str(run), "--episodes", "20"]) == 0
+    report = load_json(run / "switching.json")
+    assert 0.0 <= report["subgoal_switches"]["f1"] <= 1.0 and report["episodes"] == 15  # the held-out 10%
+    assert (run / "switching_beta.png").is_file()
+    assert main(["analyse", "--run", str(run), "--alpha-sweep", "0,0.5", "--steps", "2", "--episodes", "10"]) == 0
+    assert [row["alpha"] for row in load_json(run / "alpha_sweep.json")["rows"]] == [0.0, 0.5]
+    assert "switch F1" in capsys.readouterr().out
