@@ -12,8 +12,122 @@ from internal_rl.common.errors import InternalRLError
 
 def _generate(args: argparse.Namespace) -> None:
     from internal_rl.data.generate import generate_dataset
+    from internal_rl.envs.tasks import parse_task
 
-    generate_dataset(args.env, episodes=args.episodes, out=Path(args.out), seed=args.seed, force=args.force)
+    tasks = [parse_task(task) for task in args.tasks] if args.tasks else None
+    path = generate_dataset(
+        args.env, episodes=args.episodes, out=Path(args.out), seed=args.seed, force=args.force,
+        epsilon=args.epsilon, tasks=tasks,
+    )
+    print(f"wrote {args.episodes} {args.env} expert episodes to {path}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from internal_rl.models.pretraining import pretrain_preset, run_pretraining
+
+    config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    stage = Path(args.out) / "pretrain"
+    result = run_pretraining(config, Path(args.data), stage, resume=args.resume)
+    held_out = result["held_out"]
+    print(f"pretrained base model in {stage}: held-out action accuracy {held_out['action_accuracy']:.3f}, "
+          f"NLL {held_out['action_nll']:.3f}; evaluation in {stage / 'eval.json'}")
+
+
+def _rl(args: argparse.Namespace) -> None:
+    from internal_rl.envs.tasks import parse_task
+    from internal_rl.rl.training import run_rl_seeds
+
+    results = run_rl_seeds(
+        args.method,
+        Path(args.run),
+        parse_task(args.task),
+        args.seeds,
+        args.preset,
+        episodes=args.episodes,
+        lr=args.lr,
+        first_seed=args.first_seed,
+    )
+    for r in results:
+        print(
+            f"rl {r['method']} seed {r['seed']}: {r['episodes']} episodes, {r['env_steps']} env steps, "
+            f"held-out success {r['initial_eval']['success_rate']:.3f} -> {r['final_eval']['success_rate']:.3f}"
+        )
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.run_steps import probe_run
+
+    run = Path(args.run)
+    data = Path(args.data) if args.data else None
+    results = probe_run(run, args.preset, data=data, seed=args.seed, steps=args.steps)
+    layers = " ".join(f"{r['layer']}:{r['accuracy']:.2f}" for r in results["layers"])
+    print(f"probe accuracy by layer {layers} (majority {results['majority_baseline']:.2f}); "
+          f"best layer {results['best_layer']}; wrote {run / 'probes.json'} and {run / 'probes.png'}")
+
+
+def _steer(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.run_steps import steer_run
+
+    run = Path(args.run)
+    data = Path(args.data) if args.data else None
+    results = steer_run(run, args.preset, data=data, layers=args.layers, seed=args.seed, steps=args.steps,
+                        episodes=args.episodes)
+    rows = " ".join(f"{r['layer'] if r['layer'] is not None else r['hook']}:{r['single']['success']:.2f}/"
+                    f"{r['chained_posttrain']['success']:.2f}" for r in results["layers"])
+    print(f"success single/chained(post-training) by layer {rows}; best layer {results['best_layer']}; "
+          f"wrote {run / 'steering.json'} and {run / 'steering.png'}")
+
+
+def _metacontroller(args: argparse.Namespace) -> None:
+    from internal_rl.metacontroller.training import train_metacontroller_run
+
+    summary = train_metacontroller_run(
+        Path(args.run), preset_name=args.preset, data=args.data, alpha=args.alpha, steps=args.steps, seed=args.seed,
+        force_switch=args.force_switch, resume=args.resume, stage_name=args.stage,
+    )
+    final = summary["final"]
+    print(f"trained metacontroller in {summary['stage']} ({summary['train_seconds']:.0f} s): held-out action NLL "
+          f"{final['heldout_nll']:.3f}, KL {final['heldout_kl']:.3f}, {final['heldout_switches_per_episode']:.2f} "
+          f"switches per episode")
+
+
+def _analyse(args: argparse.Namespace) -> None:
+    from internal_rl.analysis.switching import alpha_sweep, analyse_run
+
+    run = Path(args.run)
+    if args.alpha_sweep:
+        result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
+                             max_episodes=args.episodes)
+        for row in result["rows"]:
+            print(f"alpha {row['alpha']:g}: NLL {row['action_nll']:.3f}, {row['switches_per_episode']:.2f} switches "
+                  f"per episode (true {row['true_subgoals_per_episode']:.2f}), F1 {row['f1']:.2f}")
+        print(f"wrote {run / 'alpha_sweep.json'} and {result['plot']}")
+        return
+    report = analyse_run(run, stage_name=args.stage, data=args.data, max_episodes=args.episodes)
+    sw, seg, true = report["subgoal_switches"], report["segment_length"], report["true_subgoal_length"]
+    print(f"switch F1 {sw['f1']:.3f} (precision {sw['precision']:.3f}, recall {sw['recall']:.3f}); "
+          f"NMI(z, subgoal) step {report['nmi']['step']:.3f}, segment {report['nmi']['segment']:.3f}; "
+          f"mean segment length {seg['mean']:.2f} vs true {true['mean']:.2f}; wrote {report['json']} and {report['plot']}")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0,0.05,0.1; got {text!r}") from None
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.reproduce import reproduce
+
+    report = reproduce(args.env, Path(args.out), args.preset)
+    print(f"report written to {report} (numbers in {report.parent / 'results.json'})")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.report import write_report
+
+    print(f"report written to {write_report(Path(args.run))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +140,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing dataset")
+    p.add_argument("--epsilon", type=float, default=0.0, help="expert's random-action probability (paper: 0)")
+    p.add_argument(
+        "--tasks", nargs="+", metavar="TASK", help="tasks to sample from, e.g. 0-1-2-3 (default: pretraining tasks)"
+    )
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("pretrain", help="pretrain the base model on a dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder (from `internal-rl generate`)")
+    p.add_argument("--out", required=True, help="run folder; the model goes to OUT/pretrain")
+    p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (CPU, minutes) or paper")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="episodes per step (default: the preset's)")
+    p.add_argument("--seed", type=int, help="training seed (default: the preset's, 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/pretrain")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL or the no-switch ablation")
+    p.add_argument("--run", required=True, help="run folder (pretrain/, metacontroller/, metacontroller-no-switch/)")
+    p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch"])
+    p.add_argument("--task", default="0-1-2-3-4-5-6-7-0-1-2-3", help="colours to visit in order (default: the paper's)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds, run one after another")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the preset)")
+    p.set_defaults(func=_rl)
+
+    p = sub.add_parser("probe", help="linear probes for the current subgoal at every hook of RUN's base model")
+    p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
+    p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
+    p.add_argument("--preset", default="quick", help="probe preset: quick (< 1 min on CPU) or paper")
+    p.add_argument("--steps", type=int, help="probe optimiser steps (default: the preset's)")
+    p.add_argument("--seed", type=int, help="seed of the episode split and the probes (default: 0)")
+    p.set_defaults(func=_probe)
+
+    p = sub.add_parser("steer", help="fit and roll out supervised subgoal controllers per layer of RUN's base model")
+    p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
+    p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
+    p.add_argument("--layers", nargs="+", metavar="LAYER",
+                   help="residual layers 0..L or hook names (default: 1..L-1, the block outputs inside the trunk)")
+    p.add_argument("--preset", default="quick", help="preset: quick (about 2 min on CPU) or paper")
+    p.add_argument("--steps", type=int, help="controller training steps per layer (default: the preset's)")
+    p.add_argument("--episodes", type=int, help="rollout episodes per evaluation (default: the preset's)")
+    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.set_defaults(func=_steer)
+
+    p = sub.add_parser("metacontroller", help="train the metacontroller on RUN's frozen base model")
+    p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
+    p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
+    p.add_argument("--preset", default="quick", help="preset: quick (minutes on CPU) or paper (Table A9)")
+    p.add_argument("--alpha", type=float, help="KL strength alpha (default: the config's)")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--force-switch", action="store_true",
+                   help="the no-temporal-abstraction ablation (beta == 1); goes to RUN/metacontroller-no-switch")
+    p.add_argument("--stage", help="stage folder name inside RUN (default: metacontroller[-no-switch])")
+    p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    p.set_defaults(func=_metacontroller)
+
+    p = sub.add_parser("analyse", help="switching analysis of RUN's metacontroller (F1, NMI, segment lengths)")
+    p.add_argument("--run", required=True, help="run folder with a trained metacontroller")
+    p.add_argument("--stage", default="metacontroller", help="metacontroller stage folder inside RUN")
+    p.add_argument("--data", help="dataset folder (default: the one the metacontroller was trained on)")
+    p.add_argument("--episodes", type=int, default=1000, help="held-out episodes to analyse")
+    p.add_argument("--alpha-sweep", type=_float_list, metavar="A,B,...",
+                   help="instead: train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
+    p.add_argument("--preset", default="quick", help="training preset for --alpha-sweep")
+    p.add_argument("--steps", type=int, help="training steps per alpha for --alpha-sweep (default: the preset's)")
+    p.set_defaults(func=_analyse)
+
+    p = sub.add_parser("reproduce", help="run the whole pipeline (resumable), ending in DIR/report.md")
+    p.add_argument("env", choices=["gridworld"])
+    p.add_argument("--out", required=True, help="run folder (an existing one is continued)")
+    p.add_argument("--preset", default="quick", help="quick (2 CPU cores, ~15 min) or full (the paper's budgets)")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("report", help="rebuild RUN/report.md and RUN/results.json from a run folder's results")
+    p.add_argument("--run", required=True)
+    p.set_defaults(func=_report)
 
     return parser
 

@@ -1,0 +1,403 @@
+"""Supervised linear controllers: can the residual stream be steered per subgoal? (paper Sec. 4, Fig. 4, App. C.3)
+
+One controller per subgoal g is the controller decoder (the metacontroller's hypernetwork, shared via
+`models/controller.py`) fed the one-hot code z = onehot(g, K=4) with beta = 1, so U_g = f_hyp(onehot(g))
+and the activation e at the chosen hook becomes e + U_g e. The decoder is trained on expert data by
+next-action likelihood with the ground-truth subgoal of every step, the base model frozen, no observation
+loss (lambda = 0). One decoder is fitted per hook (layer) to find where control works best; the paper
+finds mid-depth best, while linear decodability (probes.py) peaks later.
+
+Evaluation is by rollout in `BatchedGridWorld` with KV-cached stepping, the controller applied at every
+step from the first, actions sampled from the controlled model (as the paper's base model does):
+
+- single (one controller, one subgoal): for each subgoal g = 0..3 a quarter of the episodes get the task
+  (2g, 2g+1) and controller U_g throughout. Success means the first two colours the agent visits are 2g
+  and then 2g+1 within the horizon (the grid world ends an episode on any other colour), i.e. the agent's
+  first completed colour pair is g. Without control the base model picks its first pair from the
+  pretraining distribution, so the uncontrolled rate is about 1/4 (reported as the baseline).
+- chained: the controller of the current ground-truth subgoal (the pair of the env's current target
+  colour) is applied, switching to the next one as soon as the env's progress shows the pair completed.
+  Success is the env's task success; run on the post-training task 0-1-2-3-4-5-6-7-0-1-2-3 (only pair
+  transitions never seen in pretraining) and on the pretraining tasks (sampled uniformly).
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from internal_rl.common.errors import ConfigError, check
+from internal_rl.common.logging import ScalarLogger
+from internal_rl.common.logging import progress as progress_bar
+from internal_rl.common.seeding import derive_seed
+from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, GRID_SUBGOAL_PAIRS, Task
+from internal_rl.models.controller import ControllerDecoder, apply_controller
+from internal_rl.models.hooks import layer_hook, validate_hook
+
+SINGLE_DEFINITION = (
+    "task (2g, 2g+1) with controller U_g applied from t=0; success = the first two colours visited are 2g then "
+    "2g+1 within the horizon (any other colour ends the episode), averaged over g = 0..3"
+)
+CHAINED_DEFINITION = (
+    "controller of the current ground-truth subgoal (pair of the env's target colour), switched when the env's "
+    "progress shows the pair completed; success = full task success"
+)
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """Supervised controller fitting and evaluation; defaults are the paper's grid settings (Tables A7/A8)."""
+
+    rank: int | None = 16  # low-rank U = A B^T (None: full d x d)
+    hidden: int = 32  # controller decoder hidden width
+    steps: int = 3200
+    batch_size: int = 512  # episodes per optimiser step
+    lr: float = 1e-3
+    weight_decay: float = 0.03
+    holdout_fraction: float = 0.2  # episodes held out for the reported action NLL
+    nll_episodes: int = 512  # held-out episodes scored for the NLL (at most)
+    episodes: int = 1024  # rollout episodes per evaluation (single: split evenly over the subgoals)
+    greedy: bool = False  # argmax actions instead of sampling
+    n_subgoals: int = len(GRID_SUBGOAL_PAIRS)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.rank is None or self.rank >= 1, f"SteeringConfig rank={self.rank}; expected None or >= 1")
+        check(self.hidden >= 1, f"SteeringConfig hidden={self.hidden}; expected >= 1")
+        check(self.steps >= 0, f"SteeringConfig steps={self.steps}; expected >= 0")
+        check(self.batch_size >= 1, f"SteeringConfig batch_size={self.batch_size}; expected >= 1")
+        check(self.lr > 0, f"SteeringConfig lr={self.lr}; expected > 0")
+        check(self.weight_decay >= 0, f"SteeringConfig weight_decay={self.weight_decay}; expected >= 0")
+        check(0 < self.holdout_fraction < 1,
+              f"SteeringConfig holdout_fraction={self.holdout_fraction}; expected in (0, 1)")
+        check(self.nll_episodes >= 1, f"SteeringConfig nll_episodes={self.nll_episodes}; expected >= 1")
+        check(self.episodes >= self.n_subgoals,
+              f"SteeringConfig episodes={self.episodes}; expected >= n_subgoals ({self.n_subgoals})")
+        check(self.n_subgoals >= 1, f"SteeringConfig n_subgoals={self.n_subgoals}; expected >= 1")
+
+
+STEER_PRESETS: dict[str, SteeringConfig] = {
+    "paper": SteeringConfig(),
+    # About 2 minutes for the 5 inner layers of the quick 6-layer d_model-128 model on 2 CPU cores
+    # (measured 20 s of CPU per layer: 100 fitting steps and 3 x 256 rollout episodes); a higher lr than
+    # the paper's makes up for the 32x fewer steps.
+    "quick": SteeringConfig(steps=100, batch_size=48, lr=3e-3, nll_episodes=256, episodes=256),
+}
+
+
+def steer_preset(name: str) -> SteeringConfig:
+    """The named preset ('quick' or 'paper'), or ConfigError listing the valid names."""
+    if name not in STEER_PRESETS:
+        raise ConfigError(f"unknown steering preset {name!r}; valid: {sorted(STEER_PRESETS)}")
+    return STEER_PRESETS[name]
+
+
+def subgoal_codes(subgoals: Tensor, n_subgoals: int) -> Tensor:
+    """One-hot codes z [..., n_subgoals] float32 for integer subgoals [...]; negative labels (padding) give 0."""
+    valid = subgoals >= 0
+    z = F.one_hot(subgoals.clamp_min(0).long(), n_subgoals).float()
+    return z * valid.unsqueeze(-1)
+
+
+def controller_intervention(decoder: ControllerDecoder, z: Tensor) -> Callable[[Tensor], Tensor]:
+    """The intervention e -> e + U(z) e for activations e [..., d] whose leading shape is z's [..., n_z]."""
+    params = decoder(z)
+    return lambda e: apply_controller(e, params)
+
+
+def action_nll(model: torch.nn.Module, batch: Mapping[str, Tensor], interventions=None) -> Tensor:
+    """Masked mean of -log p(a_t | o_{1:t}) over a dataset batch, under the given interventions."""
+    out = model(batch["observations"], interventions=interventions)
+    nll = model.action_nll(out.action_params, batch["actions"])  # [B,T]
+    mask = batch["mask"].to(nll.dtype)
+    return (nll * mask).sum() / mask.sum().clamp_min(1)
+
+
+def fit_subgoal_controllers(
+    model: torch.nn.Module,
+    dataset,
+    hook: str,
+    config: SteeringConfig = SteeringConfig(),
+    *,
+    show_progress: bool = True,
+    logger: ScalarLogger | None = None,
+) -> tuple[ControllerDecoder, dict[str, float]]:
+    """Train a controller decoder at `hook` so that U_g = decoder(onehot(g)) maximises the expert's action
+    likelihood on steps whose ground-truth subgoal is g (base model frozen).
+
+    `dataset` (a TrajectoryDataset with "subgoals") is split by `config.holdout_fraction` (seed
+    `config.seed`); returns the decoder and {"heldout_nll_controlled": action NLL on held-out episodes with
+    the true subgoals' controllers, "train_nll": mean training loss over the final 10% of steps}.
+    """
+    validate_hook(hook, int(model.n_layers))
+    train, held_out = dataset.split(config.holdout_fraction, config.seed)
+    with torch.random.fork_rng(devices=[]):  # a seeded decoder init that leaves the global RNG untouched
+        torch.manual_seed(derive_seed(config.seed, "controller", hook))
+        decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batch_size = min(config.batch_size, train.num_episodes)
+    batches = train.infinite_batches(batch_size, seed=derive_seed(config.seed, "batches"))
+    tail = []
+    for step in progress_bar(range(config.steps), desc=f"controllers {hook}", disable=not show_progress):
+        batch = next(batches)
+        z = subgoal_codes(batch["subgoals"], config.n_subgoals)  # [B,T,K]
+        loss = action_nll(model, batch, {hook: controller_intervention(decoder, z)})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= config.steps - max(1, config.steps // 10):
+            tail.append(loss.item())
+        if logger is not None:
+            logger.log(step, **{f"steering/{hook}/nll": float(loss)})
+    decoder.eval().requires_grad_(False)
+
+    metrics = {
+        "heldout_nll_controlled": heldout_action_nll(model, held_out, config, decoder=decoder, hook=hook),
+        "train_nll": float(np.mean(tail)) if tail else float("nan"),
+    }
+    return decoder, metrics
+
+
+@torch.no_grad()
+def heldout_action_nll(
+    model: torch.nn.Module,
+    held_out,
+    config: SteeringConfig,
+    *,
+    decoder: ControllerDecoder | None = None,
+    hook: str | None = None,
+) -> float:
+    """Mean action NLL per step over the first `config.nll_episodes` episodes of `held_out`, with each step's
+    ground-truth subgoal controller applied at `hook` (or the base model alone when `decoder` is None)."""
+    n_eval = min(config.nll_episodes, held_out.num_episodes)
+    total, weight = 0.0, 0
+    for start in range(0, n_eval, 128):
+        batch = held_out.batch(np.arange(start, min(start + 128, n_eval)))
+        interventions = None
+        if decoder is not None:
+            interventions = {hook: controller_intervention(decoder, subgoal_codes(batch["subgoals"], decoder.n_z))}
+        steps = int(batch["mask"].sum())
+        total += float(action_nll(model, batch, interventions)) * steps
+        weight += steps
+    return total / max(weight, 1)
+
+
+def _colour_to_subgoal(n_colours: int) -> np.ndarray:
+    """Lookup table colour -> subgoal index, with an extra last entry (index -1: no target) mapped to 0."""
+    table = np.zeros(n_colours + 1, dtype=np.int64)
+    for k, pair in enumerate(GRID_SUBGOAL_PAIRS):
+        for c in pair:
+            if c < n_colours:
+                table[c] = k
+    return table
+
+
+def _next_actions(model: torch.nn.Module, action_params: Tensor, generator: torch.Generator, greedy: bool) -> Tensor:
+    """Actions [N] for the single step of `action_params` [N,1,A]: sampled with `generator`, or the argmax."""
+    if getattr(model.config, "action_head", "categorical") != "categorical":
+        raise ConfigError("steering rollouts need a categorical action head (grid world); got a continuous one")
+    if greedy:
+        return action_params[:, 0].argmax(-1)
+    return model.sample_actions(action_params[:, 0], generator)
+
+
+@torch.no_grad()
+def rollout_with_controllers(
+    model: torch.nn.Module,
+    env_config,
+    num_envs: int,
+    *,
+    tasks: Sequence[Task] | None = None,
+    decoder: ControllerDecoder | None = None,
+    hook: str | None = None,
+    seed: int = 0,
+    greedy: bool = False,
+) -> dict[str, np.ndarray]:
+    """Roll the frozen model out in `num_envs` grid worlds with KV-cached stepping until all are done.
+
+    With a `decoder`, the controller of each env's current ground-truth subgoal (the pair of its target
+    colour) is applied at `hook` at every step, so controllers switch exactly when a pair is completed;
+    without one the base model acts alone. `tasks` (one per env) defaults to sampling from
+    `env_config.tasks`. Returns numpy arrays [num_envs]: "success" (bool), "progress" (colours
+    completed), "steps".
+    """
+    from internal_rl.envs.batched_gridworld import BatchedGridWorld
+
+    if (decoder is None) != (hook is None):
+        raise ConfigError("rollout_with_controllers: give both decoder and hook, or neither")
+    env = BatchedGridWorld(env_config, num_envs)
+    obs = env.reset(seed=seed, tasks=tasks)
+    state = model.init_state(num_envs, env_config.horizon + 1)
+    generator = torch.Generator().manual_seed(seed)
+    colour_to_subgoal = _colour_to_subgoal(env_config.n_colours)
+    for _ in range(env_config.horizon):
+        if env.done.all():
+            break
+        interventions = None
+        if decoder is not None:
+            subgoal = torch.from_numpy(colour_to_subgoal[env.target()])  # target -1 (done) -> last entry
+            z = subgoal_codes(subgoal, decoder.n_z)[:, None, :]  # [N,1,K], matches the step's [N,1,d]
+            interventions = {hook: controller_intervention(decoder, z)}
+        out = model.step(torch.as_tensor(obs, dtype=torch.float32), state, interventions=interventions)
+        actions = _next_actions(model, out.action_params, generator, greedy)
+        obs, _, _, _, _ = env.step(actions.numpy())
+    progress = np.asarray(env.progress).copy()
+    return {
+        "success": progress >= np.asarray(env.task_lengths),
+        "progress": progress,
+        "steps": np.asarray(env.t).copy(),
+    }
+
+
+def evaluate_controllers(
+    model: torch.nn.Module,
+    env_config,
+    config: SteeringConfig,
+    *,
+    decoder: ControllerDecoder | None = None,
+    hook: str | None = None,
+    posttrain_task: Task = GRID_POSTTRAIN_TASK,
+) -> dict[str, dict]:
+    """Single-subgoal and chained success (module docstring) with the given controllers, or of the base
+    model alone when `decoder` is None. Rollout seeds do not depend on the hook, so layers are compared
+    on the same layouts (common random numbers)."""
+    K = config.n_subgoals
+    per_goal = config.episodes // K
+    single_tasks = [GRID_SUBGOAL_PAIRS[g] for g in range(K) for _ in range(per_goal)]
+    single = rollout_with_controllers(model, env_config, len(single_tasks), tasks=single_tasks, decoder=decoder,
+                                      hook=hook, seed=derive_seed(config.seed, "single"), greedy=config.greedy)
+    per_subgoal = single["success"].reshape(K, per_goal).mean(1)
+    post = rollout_with_controllers(model, env_config, config.episodes, tasks=[posttrain_task] * config.episodes,
+                                    decoder=decoder, hook=hook, seed=derive_seed(config.seed, "posttrain"),
+                                    greedy=config.greedy)
+    pre = rollout_with_controllers(model, env_config, config.episodes, decoder=decoder, hook=hook,
+                                   seed=derive_seed(config.seed, "pretrain"), greedy=config.greedy)
+    return {
+        "single": {"success": float(single["success"].mean()), "per_subgoal": [float(v) for v in per_subgoal]},
+        "chained_posttrain": _chained_summary(post),
+        "chained_pretrain": _chained_summary(pre),
+    }
+
+
+def _chained_summary(rollout: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {
+        "success": float(rollout["success"].mean()),
+        "mean_subgoals_completed": float((rollout["progress"] // 2).mean()),
+        "mean_steps": float(rollout["steps"].mean()),
+    }
+
+
+def hook_layer(hook: str, n_layers: int) -> int | None:
+    """The paper's residual layer index of `hook` (inverse of `layer_hook`), or None for a mid-block hook."""
+    for layer in range(n_layers + 1):
+        if layer_hook(layer, n_layers) == hook:
+            return layer
+    return None
+
+
+def resolve_layers(specs: Sequence[str | int] | None, n_layers: int) -> list[str]:
+    """Hook names from a mix of paper layer indices (1..L-1 style integers) and hook names.
+
+    Default (None or empty): every residual layer strictly inside the trunk, 1..L-1 (block outputs).
+    """
+    if not specs:
+        return [layer_hook(layer, n_layers) for layer in range(1, n_layers)]
+    hooks = []
+    for spec in specs:
+        text = str(spec)
+        if text.lstrip("-").isdigit():
+            hooks.append(layer_hook(int(text), n_layers))
+        else:
+            hooks.append(validate_hook(text, n_layers))
+    return list(dict.fromkeys(hooks))
+
+
+def steer_layers(
+    model: torch.nn.Module,
+    dataset,
+    env_config,
+    hooks: Sequence[str],
+    config: SteeringConfig = SteeringConfig(),
+    *,
+    show_progress: bool = True,
+    logger: ScalarLogger | None = None,
+) -> dict:
+    """Fit and evaluate supervised subgoal controllers at each hook in `hooks`; JSON-ready results:
+
+    - "baseline": the base model without control (same evaluations, and its held-out action NLL);
+    - "layers": [{"hook", "layer" (paper index or None), "fit": NLLs, "single", "chained_posttrain",
+      "chained_pretrain"}] in the order of `hooks`;
+    - "best_layer", "best_hook": the most controllable point (post-training task success, ties broken by
+      single-subgoal success, pretraining-task success, then held-out action NLL);
+    - "best_single", "best_chained_posttrain", "best_chained_pretrain": {"hook", "layer", "success"};
+    - "posttrain_task", "definitions", "n_layers", "config".
+    """
+    n_layers = int(model.n_layers)
+    hooks = [validate_hook(h, n_layers) for h in hooks]
+    if not hooks:
+        raise ConfigError("steer_layers: no hooks given; e.g. --layers 1 2 3")
+    baseline = evaluate_controllers(model, env_config, config)
+    held_out = dataset.split(config.holdout_fraction, config.seed)[1]  # the split fit_subgoal_controllers uses
+    baseline["fit"] = {"heldout_nll": heldout_action_nll(model, held_out, config)}
+    rows = []
+    for hook in hooks:
+        decoder, fit = fit_subgoal_controllers(model, dataset, hook, config, show_progress=show_progress, logger=logger)
+        evaluation = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook)
+        rows.append({"hook": hook, "layer": hook_layer(hook, n_layers), "fit": fit, **evaluation})
+
+    def best(key: str) -> dict:
+        row = max(rows, key=lambda r: r[key]["success"])
+        return {"hook": row["hook"], "layer": row["layer"], "success": row[key]["success"]}
+
+    # The paper's controllability measure is the post-training task; ties (e.g. all zero) are broken by
+    # single-subgoal success, then pretraining-task success, then the held-out action NLL.
+    overall = max(rows, key=lambda r: (r["chained_posttrain"]["success"], r["single"]["success"],
+                                       r["chained_pretrain"]["success"], -r["fit"]["heldout_nll_controlled"]))
+    return {
+        "baseline": baseline,
+        "layers": rows,
+        "best_layer": overall["layer"],
+        "best_hook": overall["hook"],
+        "best_single": best("single"),
+        "best_chained_posttrain": best("chained_posttrain"),
+        "best_chained_pretrain": best("chained_pretrain"),
+        "posttrain_task": list(GRID_POSTTRAIN_TASK),
+        "definitions": {"single": SINGLE_DEFINITION, "chained": CHAINED_DEFINITION},
+        "n_layers": n_layers,
+        "config": asdict(config),
+    }
+
+
+def plot_steering_results(results: Mapping, path, probes: Mapping | None = None) -> None:
+    """Draw steering.png: success vs residual layer for single and chained control (uncontrolled baselines
+    as reference lines), with the probe accuracy per layer overlaid when `probes` results are given."""
+    from internal_rl.analysis.plots import plot_layers
+
+    rows = [r for r in results["layers"] if r["layer"] is not None]
+    series = {
+        "single subgoal": {r["layer"]: r["single"]["success"] for r in rows},
+        "chained, post-training task": {r["layer"]: r["chained_posttrain"]["success"] for r in rows},
+        "chained, pretraining tasks": {r["layer"]: r["chained_pretrain"]["success"] for r in rows},
+    }
+    base = results["baseline"]
+    baselines = {
+        "single subgoal": base["single"]["success"],
+        "chained, post-training task": base["chained_posttrain"]["success"],
+        "chained, pretraining tasks": base["chained_pretrain"]["success"],
+    }
+    if probes is not None:
+        series["probe accuracy (read)"] = {r["layer"]: r["accuracy"] for r in probes["layers"]}
+    n_layers = results.get("n_layers")
+    plot_layers(
+        series,
+        path,
+        ylabel="success rate / probe accuracy",
+        title="Supervised subgoal controllers e + U_g e, by layer",
+        baselines=baselines,
+        dashed=("probe accuracy (read)",),
+        highlight=n_layers // 2 if n_layers else None,
+        ylim=(0.0, 1.02),
+    )
