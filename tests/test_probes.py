@@ -17,6 +17,7 @@ from internal_rl.analysis.probes import (
 )
 from internal_rl.cli import main
 from internal_rl.common.errors import ConfigError, DatasetError
+from internal_rl.data.dataset import TrajectoryDataset
 from internal_rl.data.generate import generate_trajectories
 from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
 from internal_rl.models.transformer import TransformerConfig
@@ -103,6 +104,26 @@ def test_probe_layers_reports_every_hook_and_residual_layer(tiny):
     assert results["best_layer"] in (0, 1, 2) and results["best_hook"] in model.hook_names
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in results["hooks"].values())
     assert json.loads(json.dumps(results)) == results  # JSON-ready
+
+
+def test_subgoal_planted_in_the_observations_is_decoded_from_the_residual_stream(tiny):
+    """End to end through a real model: when 4 observation dims hold the (scaled) subgoal one-hot, the embedding
+    (layer 0) and the residual stream after it carry the subgoal linearly; shuffled labels do not."""
+    model, dataset = tiny
+    arrays = {k: v.copy() for k, v in dataset.arrays.items()}
+    # Scaled up so that the planted dims dominate the random 637 -> 16 embedding of the other inputs.
+    arrays["observations"][:, :4] = 8 * np.eye(4, dtype=np.uint8)[arrays["subgoals"]]
+    planted = TrajectoryDataset.from_arrays(arrays, dataset.manifest)
+    config = ProbeConfig(steps=150, batch_size=256, lr=1e-2)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
+    results = probe_layers(model, planted, config, hooks=hooks, show_progress=False)
+    assert results["layers"][0]["accuracy"] > 0.95 and results["hooks"][hooks[1]]["accuracy"] > 0.9
+
+    rng = np.random.default_rng(0)
+    arrays["subgoals"] = rng.permutation(arrays["subgoals"])  # labels independent of the (unchanged) inputs
+    shuffled = probe_layers(model, TrajectoryDataset.from_arrays(arrays, dataset.manifest), config, hooks=hooks,
+                            show_progress=False)
+    assert shuffled["layers"][0]["accuracy"] < shuffled["majority_baseline"] + 0.08
 
 
 @pytest.fixture(scope="module")
