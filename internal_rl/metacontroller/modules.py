@@ -194,13 +194,11 @@ class Metacontroller(nn.Module):
         *,
         sample: bool = True,
         generator: torch.Generator | None = None,
-        force_switch: bool | None = None,
     ) -> dict[str, Any]:
         """Run over a (padded) batch of residual-stream sequences.
 
         e [B,T,d]; mask [B,T] bool, True on real steps (None: all real; padding must be at the end).
         `sample` draws z~_t = mu_t + sigma_t eps (reparameterised); False uses z~_t = mu_t (analysis).
-        `force_switch` overrides the config's for this call (True: beta == 1, used by the training warm-up).
         Returns z, z_tilde, mu, logvar [B,T,n_z], beta [B,T], s ([B,n_s], or [B,T,n_s] per step) and `controller`: ControllerParams
         with batch shape [B,T]. Values at padded steps are meaningless and must be masked by the caller.
         """
@@ -218,7 +216,7 @@ class Metacontroller(nn.Module):
             z_tilde = mu + torch.exp(0.5 * logvar) * eps
         else:
             z_tilde = mu
-        if self.config.force_switch if force_switch is None else force_switch:
+        if self.config.force_switch:
             beta = torch.ones(b, t, dtype=e.dtype, device=e.device)
             z = z_tilde
         else:

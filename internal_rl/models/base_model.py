@@ -1,6 +1,6 @@
 """The base autoregressive action model p(a_t | o_{1:t}) with an auxiliary next-observation head (paper Sec. 2, App. D.1).
 
-    obs o_t [B,T,obs_dim] --linear--> e [B,T,d] --trunk (hook points)--> LayerNorm --> action head, obs head
+    obs o_t [B,T,obs_dim] --embedding (linear)--> e [B,T,d] --trunk (hook points)--> LayerNorm --> action head, obs head
 
 The input at step t is the observation o_t only; the model never sees the task. The trunk is swappable
 (`TRUNKS`): any module with the `Trunk` interface below, whose blocks call the shared hook names, plugs
@@ -40,7 +40,7 @@ class BaseModelConfig:
     obs_head: str = "bernoulli"  # observation likelihood: "bernoulli" (binary obs) or "gaussian"
     obs_loss_weight: float = 0.01  # lambda in L = sum_t [-ln p(a_t|o_1:t) - lambda ln p(o_t+1|o_1:t)]
     init_scale: float = 0.1  # variance scale of the embedding's and heads' initialisers
-    obs_embedding: str = "linear"  # or "cellwise": see ObsEmbedding (the paper leaves this open, App. D.1)
+    obs_embedding: str = "linear"  # or "cellwise": see CellwiseObsEmbedding (the paper leaves this open)
     obs_channels: int = 13  # cellwise only: observation = flattened [cells, obs_channels] one-hot grid
     cell_hidden: int = 16  # cellwise only: features computed per cell
     trunk: str = "transformer"
@@ -64,32 +64,32 @@ class BaseModelConfig:
 OBS_EMBEDDINGS = ("linear", "cellwise")
 
 
-class ObsEmbedding(nn.Module):
-    """o_t [..., obs_dim] -> e [..., d]: a linear map, or cellwise features followed by a linear map.
+class CellwiseObsEmbedding(nn.Module):
+    """o_t [..., cells * channels] -> e [..., d]: one small ReLU layer shared by all cells, then a linear map.
 
-    "linear" is the paper's (inferred) embedding. "cellwise" first applies one small ReLU layer, shared by
-    all cells, to each cell's channel vector, then a linear map of all cell features. It lets a cell
-    feature say "the agent stands on colour c" (a conjunction of two channels of one cell), which a
-    linear embedding can only superpose; a model then learns in-context task tracking with far less data.
+    The paper embeds observations linearly (App. D.1, inferred), which can only superpose a cell's
+    channels. Here a cell feature can say "the agent stands on colour c" (a conjunction of two channels
+    of one cell); measured on the grid world, the model then reaches a lower action NLL with the same data.
     """
 
     def __init__(self, config: "BaseModelConfig", d_model: int):
         super().__init__()
-        self.kind = config.obs_embedding
-        if self.kind == "linear":
-            self.proj = init_linear(nn.Linear(config.obs_dim, d_model), config.init_scale)
-        else:
-            self.channels = config.obs_channels
-            n_cells = config.obs_dim // config.obs_channels
-            # Unit variance scale for the inner layer: its ReLU features must be switched on from the start.
-            self.cell = init_linear(nn.Linear(config.obs_channels, config.cell_hidden), 1.0)
-            self.proj = init_linear(nn.Linear(n_cells * config.cell_hidden, d_model), config.init_scale)
+        self.channels = config.obs_channels
+        n_cells = config.obs_dim // config.obs_channels
+        # Unit variance scale for the inner layer: its ReLU features must be switched on from the start.
+        self.cell = init_linear(nn.Linear(config.obs_channels, config.cell_hidden), 1.0)
+        self.proj = init_linear(nn.Linear(n_cells * config.cell_hidden, d_model), config.init_scale)
 
     def forward(self, obs: Tensor) -> Tensor:
-        if self.kind == "linear":
-            return self.proj(obs)
         cells = obs.unflatten(-1, (-1, self.channels))  # [..., cells, channels]
         return self.proj(torch.relu(self.cell(cells)).flatten(-2))
+
+
+def make_obs_embedding(config: "BaseModelConfig", d_model: int) -> nn.Module:
+    """The observation embedding: the paper's linear map (default) or `CellwiseObsEmbedding`."""
+    if config.obs_embedding == "cellwise":
+        return CellwiseObsEmbedding(config, d_model)
+    return init_linear(nn.Linear(config.obs_dim, d_model), config.init_scale)
 
 
 class Trunk(Protocol):
@@ -140,7 +140,7 @@ class BaseModel(nn.Module):
         self.config = config
         self.trunk = TRUNKS[config.trunk](config)
         d = self.trunk.d_model
-        self.obs_embed = ObsEmbedding(config, d)
+        self.obs_embed = make_obs_embedding(config, d)
         self.ln_final = nn.LayerNorm(d)
         self.action_head = make_action_head(config.action_head, d, config.action_dim, config.init_scale)
         self.obs_head = make_obs_head(config.obs_head, d, config.obs_dim, config.init_scale)
