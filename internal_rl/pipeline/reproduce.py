@@ -54,7 +54,7 @@ class ReproducePreset:
 PRESETS: dict[str, ReproducePreset] = {
     # Fits 2 CPU cores in about 15 minutes; shows the pipeline's effects at small scale.
     "quick": ReproducePreset(
-        episodes=8000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2
+        episodes=50_000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2
     ),
     # The paper's budgets (accelerator scale), 3 seeds per method.
     "full": ReproducePreset(
