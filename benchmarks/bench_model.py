@@ -5,13 +5,15 @@
 Prints a table and writes benchmarks/results/model.json. Training FLOPs per token are counted as
 6 * (parameters in matmuls) + 12 * n_layers * T * (n_heads * d_head) (attention scores and mixing, forward
 and backward, over the full T x T score matrix that the masked kernel computes). MFU is the achieved
-FLOP rate as a fraction of the measured float32 1024^3 matmul rate, not of a datasheet peak.
+FLOP rate as a fraction of the measured float32 1024^3 matmul rate, not of a datasheet peak (bfloat16
+rows can exceed 100%: their matmuls run faster than the float32 reference).
 Rollouts: T = 100 steps of single-observation decoding, with the KV cache (`step`) and without it
 (recomputing the whole prefix with `forward` at every step, as a model without a cache must).
 """
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -21,7 +23,7 @@ import torch
 
 from internal_rl.common.config import config_to_dict
 from internal_rl.models.base_model import BaseModel, BaseModelConfig
-from internal_rl.models.pretraining import PRESETS, make_optimizer
+from internal_rl.models.pretraining import PRESETS, bf16_supported, make_optimizer
 
 RESULTS = Path(__file__).parent / "results" / "model.json"
 OBS_DIM = 637
@@ -66,7 +68,9 @@ def training_flops_per_token(model: BaseModel, steps: int) -> float:
     return 6 * matmul_params + attention
 
 
-def bench_training(config: BaseModelConfig, batch_size: int, repeats: int, compile_model: bool, peak: float) -> dict:
+def bench_training(
+    config: BaseModelConfig, batch_size: int, repeats: int, compile_model: bool, bf16: bool, peak: float
+) -> dict:
     torch.manual_seed(0)
     model = BaseModel(config)
     optimizer = make_optimizer(model, PRESETS["paper"])
@@ -74,7 +78,8 @@ def bench_training(config: BaseModelConfig, batch_size: int, repeats: int, compi
     loss_fn = torch.compile(model.loss) if compile_model else model.loss
 
     def train_step():
-        loss, _ = loss_fn(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -86,6 +91,7 @@ def bench_training(config: BaseModelConfig, batch_size: int, repeats: int, compi
         "batch_size": batch_size,
         "T": TRAIN_T,
         "compiled": compile_model,
+        "bf16_autocast": bf16,
         "params": sum(p.numel() for p in model.parameters()),
         "step_seconds": seconds,
         "tokens_per_second": tokens / seconds,
@@ -126,7 +132,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Other processes on the machine slow every number here; the load average records how busy it was.
+    load_before = os.getloadavg()
 
     peak = matmul_rate(args.repeats)
     models = {"paper": PRESETS["paper"].model, "quick": PRESETS["quick"].model}
@@ -137,18 +148,21 @@ def main() -> None:
         "training": {},
         "rollout": {},
     }
-    print(f"float32 1024^3 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
-    print(f"\n{'training':<24}{'params':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'MFU':>8}")
+    print(f"float32 1024^3 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
+    print(f"\n{'training':<30}{'params':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'MFU':>8}")
     for name, config in models.items():
         batch_size = PRESETS["quick"].batch_size
-        variants = [False, True] if args.compile else [False]
-        for compile_model in variants:
-            key = f"{name}{'-compiled' if compile_model else ''}"
-            r = bench_training(config, batch_size, args.repeats, compile_model, peak)
+        variants = [(False, False), (False, True)] + ([(True, False)] if args.compile else [])
+        for compile_model, bf16 in variants:
+            if bf16 and not bf16_supported():
+                continue
+            key = f"{name}{'-compiled' if compile_model else ''}{'-bf16' if bf16 else ''}"
+            r = bench_training(config, batch_size, args.repeats, compile_model, bf16, peak)
             results["training"][key] = r
             print(
-                f"{key + f' (B={batch_size}, T={TRAIN_T})':<24}{r['params']:>10,}{r['tokens_per_second']:>12,.0f}"
-                f"{r['flops_per_second'] / 1e9:>10.1f}{r['mfu_of_measured_matmul']:>8.0%}"
+                f"{key + f' (B={batch_size}, T={TRAIN_T})':<30}{r['params']:>10,}{r['tokens_per_second']:>12,.0f}"
+                f"{r['flops_per_second'] / 1e9:>10.1f}{r['mfu_of_measured_matmul']:>8.0%}",
+                flush=True,
             )
     print(f"\n{'rollout (T=100)':<24}{'cached steps/s':>16}{'recomputed':>12}{'speedup':>9}")
     for name, config in models.items():
@@ -157,8 +171,10 @@ def main() -> None:
             results["rollout"][f"{name}-B{batch_size}"] = r
             print(
                 f"{f'{name} B={batch_size}':<24}{r['cached_env_steps_per_second']:>16,.0f}"
-                f"{r['recomputed_env_steps_per_second']:>12,.0f}{r['speedup']:>8.1f}x"
+                f"{r['recomputed_env_steps_per_second']:>12,.0f}{r['speedup']:>8.1f}x",
+                flush=True,
             )
+    results["machine"]["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
