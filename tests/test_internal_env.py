@@ -21,15 +21,6 @@ GRID = GridWorldConfig(size=4, n_colours=2, n_walls=1, horizon=15, tasks=((0,), 
 HOOK = "blocks.0.hook_resid_post"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread synchronisation costs more than it saves, and much more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_models(force_switch: bool = False, seed: int = 0) -> tuple[BaseModel, Metacontroller]:
     """A random 2-layer base model and a random metacontroller whose switch fires now and then and whose
     decoder's U depends on z (a fresh decoder has U = 0 exactly)."""

@@ -31,15 +31,6 @@ HOOK = "blocks.0.hook_resid_post"
 N_ACTIONS = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription overhead (measured 10-80x slower with 2 on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**kwargs) -> MetacontrollerConfig:
     values = dict(d_model=16, hook=HOOK, n_z=4, enc_hidden=32, dec_hidden=16, n_h=16, n_s=16, rank=4,
                   switch_hidden=16, embedder_width=16)

