@@ -14,7 +14,9 @@ The MLP is the paper's (App. D.1: hidden 512, ReLU), not recurrentgemma's gated 
 
 Two modes share the parameters: `forward(x [B,T,d], state)` over a sequence, and `step(x_t [B,d], state)`
 for one step; stepping through a sequence reproduces `forward` to float tolerance. Everything is causal:
-output t depends on inputs 1..t only.
+output t depends on inputs 1..t only. Given `HookPoints`, block l calls the shared hook names
+(`blocks.{l}.hook_resid_{pre,mid,post}`), so a stack of these blocks is a base-model trunk
+(`models/hawk_trunk.py`).
 """
 
 import math
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from internal_rl.common.errors import check
+from internal_rl.models.hooks import HookPoints, hook_name
 
 # c in a_t = a^(c r_t) (Griffin, eq. 4): sharpens the recurrence gate.
 _GATE_EXPONENT = 8.0
@@ -64,6 +67,10 @@ class HawkState(NamedTuple):
 
     conv: Tensor  # [B, conv_width-1, W]
     rg_lru: Tensor  # [B, W]
+
+    def select(self, rows: Tensor) -> "HawkState":
+        """The state of sequences `rows` only (a copy)."""
+        return HawkState(self.conv[rows], self.rg_lru[rows])
 
 
 class BlockDiagonalLinear(nn.Module):
@@ -179,12 +186,21 @@ class MLPBlock(nn.Module):
         return self.down(F.relu(self.up(x)))
 
 
-class HawkBlock(nn.Module):
-    """Pre-norm residual Hawk block: x + Recurrent(norm x), then + MLP(norm x). Causal."""
+def _no_hook(name: str, x: Tensor) -> Tensor:
+    """A hook point that neither records nor rewrites: a block used outside a base-model trunk."""
+    return x
 
-    def __init__(self, config: HawkConfig):
+
+class HawkBlock(nn.Module):
+    """Pre-norm residual Hawk block: x + Recurrent(norm x), then + MLP(norm x). Causal.
+
+    `index` is the block's place in a trunk: it names the hook points the block calls when given hooks.
+    """
+
+    def __init__(self, config: HawkConfig, index: int = 0):
         super().__init__()
         self.config = config
+        self.index = index
         self.temporal_norm = nn.RMSNorm(config.d_model, eps=1e-6)
         self.recurrent = RecurrentBlock(config)
         self.channel_norm = nn.RMSNorm(config.d_model, eps=1e-6)
@@ -199,13 +215,22 @@ class HawkBlock(nn.Module):
             rg_lru=p.new_zeros(batch_size, w),
         )
 
-    def forward(self, x: Tensor, state: HawkState | None = None) -> tuple[Tensor, HawkState]:
-        """x [B,T,d] (continuing from `state`, or from the start if None) -> (y [B,T,d], state after step T)."""
+    def forward(
+        self, x: Tensor, state: HawkState | None = None, hooks: HookPoints | None = None
+    ) -> tuple[Tensor, HawkState]:
+        """x [B,T,d] (continuing from `state`, or from the start if None) -> (y [B,T,d], state after step T).
+
+        With `hooks`, the residual stream passes through `blocks.{index}.hook_resid_pre` (the input),
+        `hook_resid_mid` (after the recurrent block) and `hook_resid_post` (the output).
+        """
         if state is None:
             state = self.init_state(x.shape[0])
+        hook = _no_hook if hooks is None else hooks
+        x = hook(hook_name(self.index, "resid_pre"), x)
         mixed, state = self.recurrent(self.temporal_norm(x), state)
-        x = x + mixed
-        return x + self.mlp(self.channel_norm(x)), state
+        x = hook(hook_name(self.index, "resid_mid"), x + mixed)
+        x = x + self.mlp(self.channel_norm(x))
+        return hook(hook_name(self.index, "resid_post"), x), state
 
     def step(self, x_t: Tensor, state: HawkState) -> tuple[Tensor, HawkState]:
         """One step: x_t [B,d], state -> (y_t [B,d], next state). Equals `forward` on the sequence so far."""

@@ -100,6 +100,10 @@ class KVCache(NamedTuple):
     keys: Tensor
     values: Tensor
 
+    def select(self, rows: Tensor) -> "KVCache":
+        """The cache of sequences `rows` only (a copy)."""
+        return KVCache(self.keys[:, rows], self.values[:, rows])
+
 
 class Attention(nn.Module):
     """Multi-head causal self-attention with relative position biases, via scaled_dot_product_attention."""

@@ -28,9 +28,9 @@ Two interfaces:
 - `InternalEnv`: the Gymnasium environment of the paper's MDP (one episode, `step(z)` = one abstract step),
   built on the batched one. When its switch fires it must hand e back before the step can be finished; it
   does so by aborting the base-model step from inside `decide` and redoing that step when the next z
-  arrives (a step that raised advanced neither the KV cache position nor any state: the transformer
-  overwrites the partially written cache slot on the redo). It checks the contract; the batched path is the
-  one used for training.
+  arrives (a step that raised advanced neither the decoding position nor any state: the transformer
+  overwrites the partially written cache slot on the redo, and a Hawk pass never writes into its old
+  state). It checks the contract; the batched path is the one used for training.
 """
 
 from dataclasses import dataclass
@@ -50,7 +50,6 @@ from internal_rl.envs.tasks import Task
 from internal_rl.models.base_model import BaseModel, DecodingState
 from internal_rl.models.controller import ControllerParams, apply_controller
 from internal_rl.models.hooks import controlled_hook, validate_hook
-from internal_rl.models.transformer import KVCache
 from internal_rl.metacontroller.modules import Metacontroller
 
 # decide(e [K, d_model], env_ids [K]) -> z [K, n_z]: the codes for the K episodes whose switch fired.
@@ -78,17 +77,13 @@ def resolve_hook(base_model: BaseModel, metacontroller: Metacontroller) -> str:
     return validate_hook(hook, base_model.n_layers)
 
 
-def select_sequences(state: DecodingState, rows: Tensor) -> DecodingState | None:
-    """The decoding state of the sequences `rows` only (a copy), or None for a trunk whose state layout
-    is not known here (then nothing is dropped).
+def select_sequences(state: DecodingState, rows: Tensor) -> DecodingState:
+    """The decoding state of the sequences `rows` only (a copy), for any trunk (its state's `select`).
 
     Episodes end at different times; dropping the finished ones from the base model's batch saves most
     of the compute of a lockstep rollout, whose length is that of its longest episode.
     """
-    trunk = state.trunk_state
-    if isinstance(trunk, KVCache):  # keys, values: [L, B, H, max_len, d_head]
-        return DecodingState(KVCache(trunk.keys[:, rows], trunk.values[:, rows]), state.position, state.max_len, len(rows))
-    return None
+    return DecodingState(state.trunk_state.select(rows), state.position, state.max_len, len(rows))
 
 
 def drop_finished(state: DecodingState, rows: Tensor, done: Tensor) -> tuple[DecodingState, Tensor]:
@@ -99,8 +94,7 @@ def drop_finished(state: DecodingState, rows: Tensor, done: Tensor) -> tuple[Dec
     live = ~done[rows]
     if 2 * int(live.sum()) > len(rows) or not bool(live.any()):
         return state, rows
-    smaller = select_sequences(state, live.nonzero()[:, 0])
-    return (state, rows) if smaller is None else (smaller, rows[live])
+    return select_sequences(state, live.nonzero()[:, 0]), rows[live]
 
 
 def _expand(params: ControllerParams) -> ControllerParams:
