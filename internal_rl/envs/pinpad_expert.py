@@ -1,0 +1,220 @@
+"""The scripted point-pinpad expert and vectorised expert rollouts for the continuous pinpad tasks.
+
+`PointExpert` plans on the cell grid and steers in the plane. For each env it follows a grid-level
+shortest path to the next colour of its task that avoids the wall and every other colour
+(`shortest_path_directions`; ties broken by a route preference drawn once per episode, so the route is
+random across episodes but does not flicker within one), and tracks it with a velocity controller: the
+desired velocity is `speed` along the path's next move plus a pull (`lateral_gain`) towards the centre
+line of the current cell, so the body crosses cell edges away from corners and never cuts across a
+forbidden neighbour; the force is a proportional velocity error plus the push that holds the desired
+speed against damping. Gaussian noise of standard deviation `noise_std` on the force makes the
+demonstrations stochastic (the paper's pretraining data D are sampled from the stochastic expert, the
+cleaner data D* from its mean: `noise_std=0`). Where the next colour cannot be reached (the wall and the
+other colours block it) the expert holds still at its cell centre, and the episode times out.
+
+`rollout_expert` rolls any batched pinpad environment and expert out until every episode ends and returns
+padded per-episode arrays; `point_expert_episodes` is the point-pinpad data generator.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from internal_rl.common.config import replace
+from internal_rl.common.errors import ConfigError
+from internal_rl.envs.pinpad import DIRECTIONS_XY, cell_centres, check_positive_float, shortest_path_directions
+from internal_rl.envs.point_pinpad import BatchedPointPinpad, PointPinpadConfig
+from internal_rl.envs.tasks import Task, validate_task
+
+
+@dataclass(frozen=True)
+class PointExpertConfig:
+    """Gains of the scripted point-mass expert (tuned by hand for the default dynamics)."""
+
+    speed: float = 1.0  # desired speed along the path, m/s (the point's terminal speed is 1.5)
+    lateral_gain: float = 2.0  # desired velocity towards the cell's centre line per metre off it
+    velocity_gain: float = 2.0  # force per m/s of velocity error
+    noise_std: float = 0.3  # Gaussian noise on the force; 0 gives the mean action
+
+    def __post_init__(self) -> None:
+        for name in ("speed", "lateral_gain", "velocity_gain"):
+            check_positive_float(type(self).__name__, name, getattr(self, name))
+        check_positive_float(type(self).__name__, "noise_std", self.noise_std, allow_zero=True)
+
+
+class PointExpert:
+    """Scripted shortest-path expert for a `BatchedPointPinpad` (see the module docstring)."""
+
+    def __init__(self, env_config: PointPinpadConfig, config: PointExpertConfig | None = None):
+        self.env_config = env_config
+        self.config = config if config is not None else PointExpertConfig()
+        self._layouts: np.ndarray | None = None  # the layouts the cached directions were computed for
+        self._directions: np.ndarray | None = None  # int8 [N, n_colours, G, G]
+
+    def act(self, env: BatchedPointPinpad, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(sampled actions, mean actions), float32 [N, 2] each, zero for done envs."""
+        if env.config != self.env_config:
+            raise ConfigError("PointExpert was built for a different PointPinpadConfig than the env it acts in")
+        self._refresh(env, rng)
+        ec, c = self.env_config, self.config
+        logic = env.logic
+        n = env.num_envs
+        target = logic.target()
+        rows, cols = logic.cells[:, 0], logic.cells[:, 1]
+        move = self._directions[np.arange(n), np.maximum(target, 0), rows, cols].astype(np.int64)  # [N]
+        heading = np.where((move >= 0)[:, None], DIRECTIONS_XY[np.maximum(move, 0)], 0.0)  # [N, 2]
+        offset = cell_centres(rows, cols, ec) - env.pos  # towards the cell centre
+        # Pull towards the centre line (the component of `offset` across the heading); with no move
+        # (unreachable target) pull towards the centre itself.
+        across = offset - (offset * heading).sum(axis=1, keepdims=True) * heading
+        desired = c.speed * heading + c.lateral_gain * across
+        mean = c.velocity_gain * (desired - env.vel) + ec.damping / ec.force_gain * desired
+        mean = np.clip(mean, -1.0, 1.0)
+        noise = rng.normal(size=(n, 2)) * c.noise_std
+        sampled = np.clip(mean + noise, -1.0, 1.0)
+        alive = ~logic.done[:, None]
+        return np.where(alive, sampled, 0.0).astype(np.float32), np.where(alive, mean, 0.0).astype(np.float32)
+
+    def _refresh(self, env: BatchedPointPinpad, rng: np.random.Generator) -> None:
+        """Recompute the grid directions of the envs whose layout changed, with a fresh route preference."""
+        layouts = env.logic.layouts
+        if self._layouts is None or self._layouts.shape != layouts.shape:
+            changed = np.ones(env.num_envs, dtype=bool)
+            self._layouts = layouts.copy()
+            self._directions = np.zeros((env.num_envs, self.env_config.n_colours) + layouts.shape[1:], dtype=np.int8)
+        else:
+            changed = (layouts != self._layouts).reshape(env.num_envs, -1).any(axis=1)
+        if changed.any():
+            priority = np.argsort(rng.random((int(changed.sum()), 4)), axis=1)
+            self._layouts[changed] = layouts[changed]
+            self._directions[changed] = shortest_path_directions(layouts[changed], self.env_config, priority)
+
+
+def rollout_expert(
+    env: Any,
+    act: Callable[[Any, np.random.Generator], np.ndarray],
+    rng: np.random.Generator,
+    tasks: Sequence[Task] | None = None,
+) -> dict[str, np.ndarray]:
+    """Reset every env of a batched pinpad `env` (drawing from `env.rng`) and run `act` until all are done.
+
+    `act(env, rng)` returns actions [N, act_dim]. `tasks` gives one task per env (default: sampled from
+    the env config's tasks). Returns padded arrays, T = the longest episode:
+    observations float32 [N, T, obs_dim] (before each action), actions float32 [N, T, act_dim],
+    rewards float32 [N, T], targets int8 [N, T] (the next colour to visit = the subgoal, -1 in padding),
+    lengths int64 [N], final_observations float32 [N, obs_dim], tasks int8 [N, Lmax] (-1 padded),
+    task_ids int64 [N], success bool [N], layouts int8 [N, G, G], start_cells int64 [N, 2].
+    """
+    obs = env.reset(tasks=tasks)
+    n = env.num_envs
+    start_cells = env.logic.cells.copy()
+    steps: dict[str, list[np.ndarray]] = {"observations": [], "actions": [], "rewards": [], "targets": []}
+    final_obs = np.zeros_like(obs)
+    lengths = np.zeros(n, dtype=np.int64)
+    alive = ~env.done
+    while alive.any():  # loop over time: the recurrence of the environment demands it
+        actions = np.asarray(act(env, rng), dtype=np.float32)
+        steps["observations"].append(np.where(alive[:, None], obs, 0.0).astype(np.float32))
+        steps["targets"].append(env.target().astype(np.int8))
+        steps["actions"].append(np.where(alive[:, None], actions, 0.0).astype(np.float32))
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        steps["rewards"].append(np.asarray(reward, dtype=np.float32))
+        lengths += alive
+        finished = alive & (terminated | truncated)
+        final_obs[finished] = obs[finished]
+        alive &= ~finished
+    arrays = {name: np.stack(values, axis=1) for name, values in steps.items()}
+    arrays["lengths"] = lengths
+    arrays["final_observations"] = final_obs.astype(np.float32)
+    arrays["tasks"] = env.logic.tasks.copy()
+    arrays["layouts"] = env.logic.layouts.copy()
+    arrays["start_cells"] = start_cells
+    arrays["task_ids"] = env.logic.task_ids.copy()
+    arrays["success"] = env.logic.success.copy()
+    return arrays
+
+
+def point_expert_episodes(
+    episodes: int,
+    seed: int,
+    *,
+    env_config: PointPinpadConfig | None = None,
+    expert_config: PointExpertConfig | None = None,
+    tasks: Sequence[Task] | None = None,
+    successful_only: bool = True,
+    batch_size: int = 1024,
+    max_batches: int = 1000,
+) -> dict[str, np.ndarray]:
+    """`episodes` point-pinpad expert episodes (successful ones only, by default) as padded arrays.
+
+    Tasks are sampled uniformly per episode from `tasks` (default: the config's, i.e. the paper's 16
+    pretraining tasks). The same seed gives the same arrays. Returns `rollout_expert`'s arrays, T the
+    longest kept episode, plus "subgoals" (= "targets": a pinpad subgoal is one colour) and
+    "expert_success_rate" (a 0-d float64 array: the fraction of all rolled-out episodes that succeeded).
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ConfigError(f"episodes must be an integer >= 1, got {episodes!r}")
+    env_config = env_config if env_config is not None else PointPinpadConfig()
+    if tasks is not None:
+        tasks = tuple(validate_task(task, env_config.n_colours) for task in tasks)
+        if not tasks:
+            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
+        env_config = replace(env_config, tasks=tasks)
+    expert = PointExpert(env_config, expert_config)
+    env = BatchedPointPinpad(env_config, batch_size)
+    return collect_episodes(
+        env, lambda e, r: expert.act(e, r)[0], episodes, seed, successful_only=successful_only, max_batches=max_batches
+    )
+
+
+def collect_episodes(
+    env: Any,
+    act: Callable[[Any, np.random.Generator], np.ndarray],
+    episodes: int,
+    seed: int,
+    *,
+    successful_only: bool = True,
+    max_batches: int = 1000,
+) -> dict[str, np.ndarray]:
+    """Roll `act` out in batches of the batched pinpad `env` until `episodes` episodes are kept.
+
+    Returns `rollout_expert`'s arrays for the first `episodes` kept episodes (T = the longest of them),
+    plus "subgoals" (= "targets": a pinpad subgoal is one colour) and "expert_success_rate" (0-d float64:
+    the fraction of all rolled-out episodes that succeeded). The same seed gives the same arrays.
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ConfigError(f"episodes must be an integer >= 1, got {episodes!r}")
+    env.rng = np.random.default_rng([seed, 0])
+    rng = np.random.default_rng([seed, 1])
+    batch_size = env.num_envs
+    parts: list[dict[str, np.ndarray]] = []
+    kept, rolled, succeeded = 0, 0, 0
+    for _ in range(max_batches):
+        arrays = rollout_expert(env, act, rng)
+        rolled += batch_size
+        succeeded += int(arrays["success"].sum())
+        keep = arrays["success"] if successful_only else np.ones(batch_size, dtype=bool)
+        parts.append({name: value[keep] for name, value in arrays.items()})
+        kept += int(keep.sum())
+        if kept >= episodes:
+            break
+    else:
+        raise ConfigError(f"the expert succeeded in only {succeeded} of {rolled} episodes; cannot collect {episodes}")
+    horizon = max(int(p["lengths"].max(initial=0)) for p in parts)
+    out: dict[str, np.ndarray] = {}
+    for name in parts[0]:
+        values = []
+        for part in parts:
+            value = part[name]
+            if name in ("observations", "actions", "rewards", "targets") and value.shape[1] < horizon:
+                pad = np.full((len(value), horizon - value.shape[1]) + value.shape[2:], -1 if name == "targets" else 0)
+                value = np.concatenate([value, pad.astype(value.dtype)], axis=1)
+            elif name in ("observations", "actions", "rewards", "targets"):
+                value = value[:, :horizon]
+            values.append(value)
+        out[name] = np.concatenate(values)[:episodes]
+    out["subgoals"] = out["targets"].copy()
+    out["expert_success_rate"] = np.array(succeeded / rolled)
+    return out
