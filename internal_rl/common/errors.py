@@ -26,3 +26,7 @@ def check(condition: bool, message: str) -> None:
     """Raise `ConfigError(message)` unless `condition` holds."""
     if not condition:
         raise ConfigError(message)
+
+
+class DependencyError(InternalRLError):
+    """An optional dependency (e.g. Ray, `pip install internal-rl[ray]`) is missing or unusable."""

@@ -73,6 +73,23 @@ class RolloutBatch:
         """The sub-batch of episodes `index`."""
         return RolloutBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
+    @staticmethod
+    def concatenate(batches: "list[RolloutBatch]") -> "RolloutBatch":
+        """One batch of all episodes of `batches`, in order; per-decision fields are zero-padded to the
+        longest M (padding is masked out, as inside a batch)."""
+        m = max(b.mask.shape[1] for b in batches)
+
+        def pad(x: Tensor) -> Tensor:  # [B, M_b, ...] -> [B, m, ...]
+            return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, m - x.shape[1]))
+
+        per_decision = ("inputs", "actions", "log_probs", "mask")
+        return RolloutBatch(
+            *(
+                torch.cat([pad(getattr(b, f)) if f in per_decision else getattr(b, f) for b in batches])
+                for f in RolloutBatch.__dataclass_fields__
+            )
+        )
+
 
 class DecisionPolicy(Protocol):
     def log_prob(self, inputs: Tensor, actions: Tensor, mask: Tensor) -> Tensor:
