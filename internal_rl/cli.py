@@ -10,14 +10,35 @@ from pathlib import Path
 from internal_rl.common.errors import InternalRLError
 
 
+def _on_ray(args: argparse.Namespace) -> bool:
+    """Whether --ray / --ray-address asked for Ray; if so, start or reach it (the import is deferred to here)."""
+    if not (args.ray or args.ray_address):
+        return False
+    from internal_rl.distributed import init_ray
+
+    init_ray(args.ray_address)
+    return True
+
+
+def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", action="store_true", help=f"{what} on a local Ray instance (pip install 'internal-rl[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR", help=f"{what} on the Ray cluster at ADDR (e.g. auto, or host:6379)")
+    p.add_argument("--workers", type=int, help="Ray workers to use (default: one per CPU of the Ray cluster)")
+
+
 def _generate(args: argparse.Namespace) -> None:
-    from internal_rl.data.generate import generate_dataset
+    from internal_rl.data.generate import generate_dataset, map_chunks_locally
     from internal_rl.envs.tasks import parse_task
 
     tasks = [parse_task(task) for task in args.tasks] if args.tasks else None
+    map_chunks = map_chunks_locally
+    if _on_ray(args):
+        from internal_rl.distributed.generate import ray_map_chunks
+
+        map_chunks = ray_map_chunks(args.workers)
     path = generate_dataset(
         args.env, episodes=args.episodes, out=Path(args.out), seed=args.seed, force=args.force,
-        epsilon=args.epsilon, tasks=tasks,
+        epsilon=args.epsilon, tasks=tasks, map_chunks=map_chunks,
     )
     print(f"wrote {args.episodes} {args.env} expert episodes to {path}")
 
@@ -37,6 +58,11 @@ def _rl(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
     from internal_rl.rl.training import run_rl_seeds
 
+    workers = None
+    if _on_ray(args):
+        from internal_rl.distributed.rollouts import RayRolloutWorkers
+
+        workers = RayRolloutWorkers(args.workers)
     results = run_rl_seeds(
         args.method,
         Path(args.run),
@@ -46,6 +72,7 @@ def _rl(args: argparse.Namespace) -> None:
         episodes=args.episodes,
         lr=args.lr,
         first_seed=args.first_seed,
+        workers=workers,
     )
     for r in results:
         print(
@@ -124,6 +151,13 @@ def _reproduce(args: argparse.Namespace) -> None:
     print(f"report written to {report} (numbers in {report.parent / 'results.json'})")
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from internal_rl.distributed.sweep import load_sweep_config, run_sweep
+
+    report = run_sweep(load_sweep_config(Path(args.config)), address=args.ray_address)
+    print(f"sweep report written to {report}")
+
+
 def _report(args: argparse.Namespace) -> None:
     from internal_rl.pipeline.report import write_report
 
@@ -135,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write expert trajectories to a dataset folder")
-    p.add_argument("env", choices=["gridworld"], help="which environment's expert to roll out")
+    p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"], help="which environment's expert to roll out")
     p.add_argument("--episodes", type=int, required=True, help="number of successful episodes to keep")
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--seed", type=int, default=0)
@@ -144,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", nargs="+", metavar="TASK", help="tasks to sample from, e.g. 0-1-2-3 (default: pretraining tasks)"
     )
+    _add_ray_options(p, "roll the expert out")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("pretrain", help="pretrain the base model on a dataset folder")
@@ -165,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["quick", "paper"], default="quick")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the preset)")
+    _add_ray_options(p, "collect the episodes")
     p.set_defaults(func=_rl)
 
     p = sub.add_parser("probe", help="linear probes for the current subgoal at every hook of RUN's base model")
@@ -211,14 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_analyse)
 
     p = sub.add_parser("reproduce", help="run the whole pipeline (resumable), ending in DIR/report.md")
-    p.add_argument("env", choices=["gridworld"])
+    p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"])
     p.add_argument("--out", required=True, help="run folder (an existing one is continued)")
-    p.add_argument("--preset", default="quick", help="quick (2 CPU cores, ~15 min) or full (the paper's budgets)")
+    p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~15 min, point-pinpad < 30 min) or full (the paper's budgets)")
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("report", help="rebuild RUN/report.md and RUN/results.json from a run folder's results")
     p.add_argument("--run", required=True)
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("sweep", help="RL methods x seeds x tasks (x hyperparameters) as Ray Tune trials, resumable")
+    p.add_argument("config", help="sweep file (JSON; see internal_rl/distributed/sweep.py and examples/sweep.json)")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to run on (default: a local Ray instance)")
+    p.set_defaults(func=_sweep)
 
     return parser
 

@@ -75,10 +75,10 @@ def test_abstract_steps_cover_the_episode_and_termination_propagates():
     for seed in range(6):
         steps = run_episode(env, seed)
         assert all(info["low_level_steps"] >= 1 for *_, info in steps)
-        assert sum(info["low_level_steps"] for *_, info in steps) == env._core.grid.t[0]
+        assert sum(info["low_level_steps"] for *_, info in steps) == env._core.env.t[0]
         assert not any(t or tr for _, _, t, tr, _ in steps[:-1])
         *_, terminated, truncated, info = steps[-1]
-        assert terminated == bool(env._core.grid.terminated[0]) and truncated == bool(env._core.grid.truncated[0])
+        assert terminated == bool(env._core.env.terminated[0]) and truncated == bool(env._core.env.truncated[0])
         assert info["success"] == (steps[-1][1] == 1.0)
         lengths.append(len(steps))
         with pytest.raises(ConfigError, match="after the episode ended"):
@@ -88,7 +88,7 @@ def test_abstract_steps_cover_the_episode_and_termination_propagates():
 
 def test_reward_is_the_sum_of_low_level_rewards():
     env = make_env()
-    grid = env._core.grid
+    grid = env._core.env
     grid_step = grid.step
 
     def rewarding_step(actions, **kwargs):  # one unit of reward for every low-level step
@@ -176,7 +176,7 @@ def test_batched_env_queries_only_fired_envs_and_controls_from_the_decision_on()
         return torch.randn(len(env_ids), 3, generator=generator)
 
     while not bool(env.done.all()):
-        observations.append(torch.from_numpy(env.grid.observations()))
+        observations.append(torch.from_numpy(env.env.observations()))
         seen.clear()
         step = env.step(decide)
         fired = torch.zeros(n, dtype=torch.bool)

@@ -54,3 +54,40 @@ def test_reproduce_refuses_another_preset_on_the_same_folder(tmp_path, capsys):
 def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "huge"]) == 2
     assert "valid: ['full', 'quick']" in capsys.readouterr().err
+
+
+POINT_TINY = dataclasses.replace(
+    reproduce_preset("quick", "point-pinpad"),
+    episodes=64,
+    clean_episodes=48,
+    horizon=60,
+    pretrain_steps=10,
+    probe_steps=10,
+    steer_steps=4,
+    steer_episodes=8,
+    metacontroller_steps=4,
+    rl_episodes=8,
+    seeds=1,
+)
+
+
+def test_reproduce_point_pinpad_runs_every_stage_with_videos(tmp_path):
+    out = tmp_path / "run"
+    report = reproduce("point-pinpad", out, "quick", show_progress=False, preset=POINT_TINY)
+
+    text = report.read_text()
+    for section in ("## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
+                    "## Metacontroller", "## RL on the post-training task", "## Videos", "## Wall time per stage"):
+        assert section in text
+    assert "_no " not in text
+    results = json.loads((out / "results.json").read_text())
+    assert results["env"] == "point-pinpad" and results["data"]["env"] == "point-pinpad"
+    assert set(results["methods"]) == {"internal", "raw", "no-switch"}
+    assert len(results["probes"]["accuracy_by_layer"]) == 5  # the quick pinpad Hawk has 4 blocks
+    assert set(results["switching"]) >= {"f1", "nmi"}
+    videos = {p.name for p in (out / "videos").glob("*.gif")}
+    assert videos >= {"expert.gif", "base_model.gif", "controllers_chained.gif"} | {
+        f"controller_colour_{g}.gif" for g in range(4)
+    }
+    assert "(videos/expert.gif)" in text
+    assert json.loads((out / "reproduce.json").read_text())["config"]["controller_rank"] is None

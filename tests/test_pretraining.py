@@ -114,7 +114,10 @@ def test_presets_and_bad_values():
     assert (PRESETS["paper"].steps, PRESETS["paper"].batch_size, PRESETS["paper"].weight_decay) == (256_000, 1024, 0.03)
     assert PRESETS["quick"].model.transformer.n_layers == 6
     assert pretrain_preset("quick", steps=7, seed=None).steps == 7
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: paper, quick"):
+    ant = PRESETS["paper-ant"]  # Table A5
+    assert (ant.steps, ant.batch_size, ant.lr, ant.weight_decay, ant.model.obs_loss_weight) == (204_800, 512, 3e-4, 0.03, 10.0)
+    assert (ant.model.trunk, ant.model.action_head, ant.model.obs_head) == ("hawk", "gaussian", "gaussian")
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: paper, paper-ant, quick, quick-pinpad"):
         pretrain_preset("fast")
     with pytest.raises(ConfigError, match="schedule"):
         PretrainConfig(schedule="linear")

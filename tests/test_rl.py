@@ -166,7 +166,7 @@ def test_rollouts_record_what_the_policy_did():
         recomputed = policy.log_prob(batch.inputs, batch.actions, batch.mask)
     torch.testing.assert_close(recomputed, batch.log_probs * batch.mask, atol=1e-4, rtol=1e-4)
     assert torch.equal(batch.mask.sum(1), batch.decisions)
-    assert torch.equal(batch.env_steps, torch.from_numpy(env.grid.t))
+    assert torch.equal(batch.env_steps, torch.from_numpy(env.env.t))
     assert (batch.decisions >= 1).all() and (batch.decisions <= batch.env_steps).all()
     assert torch.equal(batch.successes, batch.returns > 0)
 
@@ -179,7 +179,7 @@ def test_rollouts_record_what_the_policy_did():
     assert torch.equal(raw_batch.decisions, raw_batch.env_steps)
     assert torch.equal(raw_batch.env_steps, torch.from_numpy(grid.t))
     # The same seed gives both methods the same layouts.
-    assert (grid.layouts == env.grid.layouts).all()
+    assert (grid.layouts == env.env.layouts).all()
 
 
 def test_raw_policy_is_a_trainable_copy():

@@ -7,18 +7,19 @@ next-action likelihood with the ground-truth subgoal of every step, the base mod
 loss (lambda = 0). One decoder is fitted per hook (layer) to find where control works best; the paper
 finds mid-depth best, while linear decodability (probes.py) peaks later.
 
-Evaluation is by rollout in `BatchedGridWorld` with KV-cached stepping, the controller applied at every
-step from the first, actions sampled from the controlled model (as the paper's base model does):
+Evaluation is by rollout in the environment's batched env (`envs/registry.py`: the grid world or a
+pinpad) with KV-cached stepping, the controller applied at every step from the first, actions sampled from
+the controlled model (as the paper's base model does):
 
-- single (one controller, one subgoal): for each subgoal g = 0..3 a quarter of the episodes get the task
-  (2g, 2g+1) and controller U_g throughout. Success means the first two colours the agent visits are 2g
-  and then 2g+1 within the horizon (the grid world ends an episode on any other colour), i.e. the agent's
-  first completed colour pair is g. Without control the base model picks its first pair from the
-  pretraining distribution, so the uncontrolled rate is about 1/4 (reported as the baseline).
-- chained: the controller of the current ground-truth subgoal (the pair of the env's current target
-  colour) is applied, switching to the next one as soon as the env's progress shows the pair completed.
-  Success is the env's task success; run on the post-training task 0-1-2-3-4-5-6-7-0-1-2-3 (only pair
-  transitions never seen in pretraining) and on the pretraining tasks (sampled uniformly).
+- single (one controller, one subgoal): for each subgoal g = 0..3 a quarter of the episodes get the
+  subgoal's own task (grid world: colours (2g, 2g+1); pinpad: colour g) and controller U_g throughout.
+  Success is that task's success: the env ends an episode on any other colour, so the agent's first
+  subgoal must be g. Without control the base model picks its first subgoal from the pretraining
+  distribution, so the uncontrolled rate is about 1/4 (reported as the baseline).
+- chained: the controller of the current ground-truth subgoal (the subgoal of the env's current target
+  colour) is applied, switching to the next one as soon as the env's progress shows it completed.
+  Success is the env's task success; run on the post-training task (grid: 0-1-2-3-4-5-6-7-0-1-2-3,
+  pinpad: 0-1-2-3; only transitions never seen in pretraining) and on the pretraining tasks.
 """
 
 from dataclasses import asdict, dataclass
@@ -33,17 +34,18 @@ from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.logging import ScalarLogger
 from internal_rl.common.logging import progress as progress_bar
 from internal_rl.common.seeding import derive_seed
-from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, GRID_SUBGOAL_PAIRS, Task
+from internal_rl.envs.registry import EnvSpec, make_batched_env, spec_of_config
+from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, Task
 from internal_rl.models.controller import ControllerDecoder, apply_controller
 from internal_rl.models.hooks import layer_hook, validate_hook
 
 SINGLE_DEFINITION = (
-    "task (2g, 2g+1) with controller U_g applied from t=0; success = the first two colours visited are 2g then "
-    "2g+1 within the horizon (any other colour ends the episode), averaged over g = 0..3"
+    "subgoal g's own task (grid: colours 2g, 2g+1; pinpad: colour g) with controller U_g applied from t=0; "
+    "success = that task's success within the horizon (any other colour ends the episode), averaged over g = 0..3"
 )
 CHAINED_DEFINITION = (
-    "controller of the current ground-truth subgoal (pair of the env's target colour), switched when the env's "
-    "progress shows the pair completed; success = full task success"
+    "controller of the current ground-truth subgoal (the subgoal of the env's target colour), switched when the "
+    "env's progress shows it completed; success = full task success"
 )
 
 
@@ -85,6 +87,9 @@ STEER_PRESETS: dict[str, SteeringConfig] = {
     # (measured 20 s of CPU per layer: 100 fitting steps and 3 x 256 rollout episodes); a higher lr than
     # the paper's makes up for the 32x fewer steps.
     "quick": SteeringConfig(steps=100, batch_size=48, lr=3e-3, nll_episodes=256, episodes=256),
+    # The ant's (Table A8): full-rank linear controllers, batch 256, lr 3e-4; and its CPU-budget version.
+    "paper-ant": SteeringConfig(rank=None, batch_size=256, lr=3e-4),
+    "quick-pinpad": SteeringConfig(rank=None, steps=100, batch_size=32, lr=1e-3, nll_episodes=128, episodes=128),
 }
 
 
@@ -185,23 +190,20 @@ def heldout_action_nll(
     return total / max(weight, 1)
 
 
-def _colour_to_subgoal(n_colours: int) -> np.ndarray:
+def _colour_to_subgoal(spec: EnvSpec, n_colours: int) -> np.ndarray:
     """Lookup table colour -> subgoal index, with an extra last entry (index -1: no target) mapped to 0."""
-    table = np.zeros(n_colours + 1, dtype=np.int64)
-    for k, pair in enumerate(GRID_SUBGOAL_PAIRS):
-        for c in pair:
-            if c < n_colours:
-                table[c] = k
-    return table
+    return np.maximum(spec.subgoal_table(n_colours), 0)
 
 
 def _next_actions(model: torch.nn.Module, action_params: Tensor, generator: torch.Generator, greedy: bool) -> Tensor:
-    """Actions [N] for the single step of `action_params` [N,1,A]: sampled with `generator`, or the argmax."""
-    if getattr(model.config, "action_head", "categorical") != "categorical":
-        raise ConfigError("steering rollouts need a categorical action head (grid world); got a continuous one")
-    if greedy:
-        return action_params[:, 0].argmax(-1)
-    return model.sample_actions(action_params[:, 0], generator)
+    """Actions for the single step of `action_params` [N,1,P]: sampled with `generator`, or the most likely
+    one (argmax of a categorical head, mean of a Gaussian); int64 [N] or float [N, action_dim]."""
+    params = action_params[:, 0]
+    if not greedy:
+        return model.sample_actions(params, generator)
+    if model.config.action_head == "categorical":
+        return params.argmax(-1)
+    return params[..., : model.config.action_dim]
 
 
 @torch.no_grad()
@@ -216,23 +218,21 @@ def rollout_with_controllers(
     seed: int = 0,
     greedy: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Roll the frozen model out in `num_envs` grid worlds with KV-cached stepping until all are done.
+    """Roll the frozen model out in `num_envs` envs of `env_config` with KV-cached stepping until all are done.
 
-    With a `decoder`, the controller of each env's current ground-truth subgoal (the pair of its target
-    colour) is applied at `hook` at every step, so controllers switch exactly when a pair is completed;
+    With a `decoder`, the controller of each env's current ground-truth subgoal (the subgoal of its target
+    colour) is applied at `hook` at every step, so controllers switch exactly when a subgoal is completed;
     without one the base model acts alone. `tasks` (one per env) defaults to sampling from
     `env_config.tasks`. Returns numpy arrays [num_envs]: "success" (bool), "progress" (colours
     completed), "steps".
     """
-    from internal_rl.envs.batched_gridworld import BatchedGridWorld
-
     if (decoder is None) != (hook is None):
         raise ConfigError("rollout_with_controllers: give both decoder and hook, or neither")
-    env = BatchedGridWorld(env_config, num_envs)
+    env = make_batched_env(env_config, num_envs)
     obs = env.reset(seed=seed, tasks=tasks)
     state = model.init_state(num_envs, env_config.horizon + 1)
     generator = torch.Generator().manual_seed(seed)
-    colour_to_subgoal = _colour_to_subgoal(env_config.n_colours)
+    colour_to_subgoal = _colour_to_subgoal(spec_of_config(env_config), env_config.n_colours)
     for _ in range(env_config.horizon):
         if env.done.all():
             break
@@ -259,14 +259,16 @@ def evaluate_controllers(
     *,
     decoder: ControllerDecoder | None = None,
     hook: str | None = None,
-    posttrain_task: Task = GRID_POSTTRAIN_TASK,
+    posttrain_task: Task | None = None,
 ) -> dict[str, dict]:
     """Single-subgoal and chained success (module docstring) with the given controllers, or of the base
     model alone when `decoder` is None. Rollout seeds do not depend on the hook, so layers are compared
-    on the same layouts (common random numbers)."""
+    on the same layouts (common random numbers). `posttrain_task` defaults to the env's (its task split)."""
+    spec = spec_of_config(env_config)
+    posttrain_task = spec.posttrain_task if posttrain_task is None else posttrain_task
     K = config.n_subgoals
     per_goal = config.episodes // K
-    single_tasks = [GRID_SUBGOAL_PAIRS[g] for g in range(K) for _ in range(per_goal)]
+    single_tasks = [spec.subgoal_tasks[g] for g in range(K) for _ in range(per_goal)]
     single = rollout_with_controllers(model, env_config, len(single_tasks), tasks=single_tasks, decoder=decoder,
                                       hook=hook, seed=derive_seed(config.seed, "single"), greedy=config.greedy)
     per_subgoal = single["success"].reshape(K, per_goal).mean(1)
@@ -277,15 +279,15 @@ def evaluate_controllers(
                                    seed=derive_seed(config.seed, "pretrain"), greedy=config.greedy)
     return {
         "single": {"success": float(single["success"].mean()), "per_subgoal": [float(v) for v in per_subgoal]},
-        "chained_posttrain": _chained_summary(post),
-        "chained_pretrain": _chained_summary(pre),
+        "chained_posttrain": _chained_summary(post, spec.colours_per_subgoal),
+        "chained_pretrain": _chained_summary(pre, spec.colours_per_subgoal),
     }
 
 
-def _chained_summary(rollout: Mapping[str, np.ndarray]) -> dict[str, float]:
+def _chained_summary(rollout: Mapping[str, np.ndarray], colours_per_subgoal: int) -> dict[str, float]:
     return {
         "success": float(rollout["success"].mean()),
-        "mean_subgoals_completed": float((rollout["progress"] // 2).mean()),
+        "mean_subgoals_completed": float((rollout["progress"] // colours_per_subgoal).mean()),
         "mean_steps": float(rollout["steps"].mean()),
     }
 
@@ -324,8 +326,10 @@ def steer_layers(
     *,
     show_progress: bool = True,
     logger: ScalarLogger | None = None,
+    on_decoder: Callable[[str, ControllerDecoder], None] | None = None,
 ) -> dict:
-    """Fit and evaluate supervised subgoal controllers at each hook in `hooks`; JSON-ready results:
+    """Fit and evaluate supervised subgoal controllers at each hook in `hooks`; JSON-ready results
+    (`on_decoder(hook, decoder)`, if given, receives each fitted decoder, e.g. to save it):
 
     - "baseline": the base model without control (same evaluations, and its held-out action NLL);
     - "layers": [{"hook", "layer" (paper index or None), "fit": NLLs, "single", "chained_posttrain",
@@ -345,6 +349,8 @@ def steer_layers(
     rows = []
     for hook in hooks:
         decoder, fit = fit_subgoal_controllers(model, dataset, hook, config, show_progress=show_progress, logger=logger)
+        if on_decoder is not None:
+            on_decoder(hook, decoder)
         evaluation = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook)
         rows.append({"hook": hook, "layer": hook_layer(hook, n_layers), "fit": fit, **evaluation})
 
@@ -364,7 +370,7 @@ def steer_layers(
         "best_single": best("single"),
         "best_chained_posttrain": best("chained_posttrain"),
         "best_chained_pretrain": best("chained_pretrain"),
-        "posttrain_task": list(GRID_POSTTRAIN_TASK),
+        "posttrain_task": list(spec_of_config(env_config).posttrain_task),
         "definitions": {"single": SINGLE_DEFINITION, "chained": CHAINED_DEFINITION},
         "n_layers": n_layers,
         "config": asdict(config),

@@ -4,9 +4,14 @@ The grid-world expert is rolled out in batches of vectorised environments (`Batc
 Python loop is over time steps within a batch. Only successful episodes are kept (paper App. C.1: the
 pretraining data are "successful trajectories"), in the order their environments were created, so the
 same seed gives the same arrays.
+
+Work is planned in rounds of chunks: each round's chunk sizes and seeds depend only on the seed and the
+results of earlier rounds, never on who rolls the chunks out or in which order they finish. A chunk is a
+pure function of (config, size, seed, epsilon) (`rollout_chunk`), so `internal_rl.distributed` rolls the
+very same chunks out on Ray workers and the merged arrays are byte-identical to the local ones.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +22,24 @@ from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset, check_writable, save_dataset
+from internal_rl.envs.registry import ENVS as ENV_SPECS
+from internal_rl.envs.registry import env_spec
 from internal_rl.envs.tasks import Task, subgoal_of_colour, validate_task
 
-ENVS = ("gridworld",)
+ENVS = tuple(ENV_SPECS)
 
 # Give up when the expert succeeds this rarely: generation would not finish in reasonable time.
 _MIN_SUCCESS_RATE = 0.01
 
 
 def _check_env(env: str) -> None:
-    if env not in ENVS:
-        raise ConfigError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
+    env_spec(env)
 
 
 def env_config_from_manifest(manifest: dict[str, Any]) -> Any:
     """The environment config a dataset was generated with (e.g. a `GridWorldConfig`), from its manifest."""
-    env = manifest.get("env")
-    _check_env(env)
-    from internal_rl.envs.gridworld import GridWorldConfig
-
-    return config_from_dict(GridWorldConfig, manifest["env_config"])
+    spec = env_spec(manifest.get("env"))
+    return config_from_dict(spec.config_type, manifest["env_config"])
 
 
 def _grid_config(config: Any, tasks: Sequence[Task] | None) -> Any:
@@ -62,7 +65,7 @@ def _subgoal_table(n_colours: int) -> np.ndarray:
     return table
 
 
-def _rollout_batch(config: Any, num_envs: int, seed: int, epsilon: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Roll the expert out in `num_envs` fresh environments until all are done.
 
     Returns (arrays in the dataset format for the successful episodes, success flags [num_envs]).
@@ -108,6 +111,22 @@ def _rollout_batch(config: Any, num_envs: int, seed: int, epsilon: float) -> tup
     return arrays, success
 
 
+# map_chunks(config, epsilon, [(num_envs, seed), ...]) -> the `rollout_chunk` results, in the given order.
+MapChunks = Callable[[Any, float, list[tuple[int, int]]], Iterable[tuple[dict[str, np.ndarray], np.ndarray]]]
+
+
+def map_chunks_locally(config: Any, epsilon: float, chunks: list[tuple[int, int]]) -> Iterable[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Roll the chunks out one after another in this process (the default `MapChunks`)."""
+    return (rollout_chunk(config, num_envs, seed, epsilon) for num_envs, seed in chunks)
+
+
+def plan_round(needed: int, rate: float, batch_size: int) -> list[int]:
+    """Chunk sizes for the next round: enough environments for `needed` successes at success rate `rate`
+    (plus 5% and 8 spare), in chunks of at most `batch_size`."""
+    total = int(np.ceil(needed / max(rate, _MIN_SUCCESS_RATE) * 1.05) + 8)
+    return [batch_size] * (total // batch_size) + ([total % batch_size] if total % batch_size else [])
+
+
 def _concatenate(parts: list[dict[str, np.ndarray]], episodes: int) -> dict[str, np.ndarray]:
     """Join per-batch arrays and keep the first `episodes` episodes."""
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -122,6 +141,50 @@ def _concatenate(parts: list[dict[str, np.ndarray]], episodes: int) -> dict[str,
     return arrays
 
 
+def flatten_episodes(padded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Padded per-episode arrays (`pinpad_expert.collect_episodes`: [N, T, ...] and `lengths` [N]) in the
+    dataset's flat format (steps of all episodes back to back)."""
+    lengths = padded["lengths"].astype(np.int64)
+    real = np.arange(padded["actions"].shape[1])[None, :] < lengths[:, None]  # [N, T]
+    return {
+        "observations": padded["observations"][real].astype(np.float32),
+        "actions": padded["actions"][real].astype(np.float32),
+        "rewards": padded["rewards"][real].astype(np.float32),
+        "targets": padded["targets"][real].astype(np.int8),
+        "subgoals": padded["subgoals"][real].astype(np.int8),
+        "episode_lengths": lengths,
+        "episode_starts": (np.cumsum(lengths) - lengths).astype(np.int64),
+        "tasks": padded["tasks"].astype(np.int8),
+        "final_observations": padded["final_observations"].astype(np.float32),
+    }
+
+
+def _pinpad_trajectories(
+    env: str, episodes: int, seed: int, tasks: Sequence[Task] | None, config: Any, mean_actions: bool
+) -> TrajectoryDataset:
+    """Successful episodes of a pinpad env's expert (its Gaussian policy, or its mean with `mean_actions`)."""
+    spec = env_spec(env)
+    config = spec.default_config() if config is None else config
+    if tasks is not None:
+        tasks = tuple(validate_task(task, config.n_colours) for task in tasks)
+        if not tasks:
+            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
+        config = replace(config, tasks=tasks)
+    padded = spec.expert(config, episodes, seed, mean_actions)
+    rate = float(padded["expert_success_rate"])
+    manifest = {
+        "env": env,
+        "env_config": config_to_dict(config),
+        "seed": int(seed),
+        "expert": f"{env} expert",
+        "expert_epsilon": 0.0,
+        "expert_mean_actions": bool(mean_actions),
+        "expert_success_rate": rate,
+        "episodes_attempted": int(round(episodes / max(rate, 1e-9))),
+    }
+    return TrajectoryDataset.from_arrays(flatten_episodes(padded), manifest)
+
+
 def generate_trajectories(
     env: str,
     episodes: int,
@@ -132,12 +195,18 @@ def generate_trajectories(
     config: Any = None,
     batch_size: int = 1024,
     show_progress: bool = False,
+    map_chunks: MapChunks = map_chunks_locally,
+    mean_actions: bool = False,
 ) -> TrajectoryDataset:
     """`episodes` successful expert episodes as an in-memory `TrajectoryDataset` (nothing is written).
 
     `tasks` (default: the config's pretraining tasks) are sampled uniformly per episode; `config` is the
     environment config (default `GridWorldConfig()`); `epsilon` is the expert's random-action probability.
     The manifest holds the provenance that `save_dataset` writes; `checksum` is None until saved.
+    `map_chunks` rolls out each round's chunks (default: here, one after another); any implementation that
+    returns `rollout_chunk`'s results in order gives the same arrays.
+    For the pinpad envs (`config` default: the env's), the expert's Gaussian force noise replaces epsilon
+    (which must be 0), and `mean_actions` records its noiseless mean actions instead (the paper's D*).
     """
     _check_env(env)
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
@@ -146,6 +215,12 @@ def generate_trajectories(
         raise ConfigError(f"epsilon {epsilon} must be in [0, 1]")
     if batch_size < 1:
         raise ConfigError(f"batch_size {batch_size} must be >= 1")
+    if env != "gridworld":
+        if epsilon != 0.0:
+            raise ConfigError(f"epsilon {epsilon} applies to the grid world only; {env} experts have Gaussian noise")
+        if map_chunks is not map_chunks_locally:
+            raise ConfigError(f"distributed generation (--ray) supports gridworld only, not {env}")
+        return _pinpad_trajectories(env, episodes, seed, tasks, config, mean_actions)
     config = _grid_config(config, tasks)
 
     parts: list[dict[str, np.ndarray]] = []
@@ -154,24 +229,24 @@ def generate_trajectories(
     batch_index = 0
     with bar:
         while collected < episodes:
-            # Size the batch to what is still needed at the success rate seen so far (deterministic:
-            # it depends only on earlier batches), so small datasets do not roll out a full batch.
+            # Each round is sized to what is still needed at the success rate seen so far; the plan
+            # depends only on earlier rounds, so it is the same wherever the chunks are rolled out.
             rate = succeeded / attempted if attempted else 1.0
             if attempted >= 2 * batch_size and rate < _MIN_SUCCESS_RATE:
                 raise DatasetError(
                     f"the {env} expert succeeded in only {succeeded} of {attempted} episodes "
                     f"(epsilon={epsilon}); use a smaller epsilon or easier tasks"
                 )
-            needed = episodes - collected
-            num_envs = int(min(batch_size, np.ceil(needed / max(rate, _MIN_SUCCESS_RATE) * 1.05) + 8))
-            arrays, success = _rollout_batch(config, num_envs, derive_seed(seed, "batch", batch_index), epsilon)
-            attempted += num_envs
-            succeeded += int(success.sum())
-            parts.append(arrays)
-            bar.update(min(needed, arrays["episode_lengths"].shape[0]))
-            collected += arrays["episode_lengths"].shape[0]
-            bar.set_postfix(success=f"{succeeded / attempted:.3f}")
-            batch_index += 1
+            sizes = plan_round(episodes - collected, rate, batch_size)
+            chunks = [(size, derive_seed(seed, "batch", batch_index + i)) for i, size in enumerate(sizes)]
+            batch_index += len(chunks)
+            for (num_envs, _), (arrays, success) in zip(chunks, map_chunks(config, epsilon, chunks), strict=True):
+                attempted += num_envs
+                succeeded += int(success.sum())
+                parts.append(arrays)
+                bar.update(max(0, min(episodes - collected, arrays["episode_lengths"].shape[0])))
+                collected += arrays["episode_lengths"].shape[0]
+                bar.set_postfix(success=f"{succeeded / attempted:.3f}")
 
     manifest = {
         "env": env,
@@ -198,6 +273,8 @@ def generate_dataset(
     config: Any = None,
     batch_size: int = 1024,
     show_progress: bool = True,
+    map_chunks: MapChunks = map_chunks_locally,
+    mean_actions: bool = False,
 ) -> Path:
     """Roll out the expert (see `generate_trajectories`) and write the dataset folder `out` atomically.
 
@@ -207,6 +284,7 @@ def generate_dataset(
     out = Path(out)
     check_writable(out, force)
     data = generate_trajectories(
-        env, episodes, seed, epsilon, tasks, config=config, batch_size=batch_size, show_progress=show_progress
+        env, episodes, seed, epsilon, tasks, config=config, batch_size=batch_size, show_progress=show_progress,
+        map_chunks=map_chunks, mean_actions=mean_actions,
     )
     return save_dataset(out, data.arrays, data.manifest, force=force)

@@ -76,6 +76,12 @@ PRESETS: dict[str, MetacontrollerTrainConfig] = {
     # Paper settings at a CPU budget: about 3 minutes on 2 idle CPU cores on top of a quick-preset base model
     # (0.3-0.4 s per step at T ~ 50; 1-2 s per step measured on a shared, overloaded 2-core machine).
     "quick": MetacontrollerTrainConfig(steps=600, batch_size=64, eval_episodes=128, eval_every=200, checkpoint_every=200),
+    # The ant's (Table A10: 32k steps, batch 128, lr 3e-4), and a CPU budget for the point-mass pinpad,
+    # whose episodes (~70 steps, Hawk trunk) cost about as much per step as the grid world's.
+    "paper-ant": MetacontrollerTrainConfig(steps=32_000, batch_size=128, lr=3e-4),
+    "quick-pinpad": MetacontrollerTrainConfig(
+        steps=300, batch_size=32, eval_episodes=128, eval_every=100, checkpoint_every=100
+    ),
 }
 
 
@@ -322,11 +328,13 @@ def train_metacontroller_run(
     resume: bool = False,
     stage_name: str | None = None,
     show_progress: bool = True,
+    rank: int | None = MetacontrollerConfig.rank,
 ) -> dict[str, Any]:
     """Train the metacontroller of run folder `run_dir` against its base model into RUN/<stage_name>/
     (default: RUN/metacontroller, or RUN/metacontroller-no-switch for the `force_switch` ablation).
 
     Layout (as the pretrain stage): checkpoint/ (weights, config.json, training state), tb/, summary.json.
+    `rank` is the controller's (None: full rank, the ant's).
     The dataset is the one pretraining recorded, unless `data` is given. Refuses to overwrite an existing
     checkpoint unless `resume` (which continues it, or starts afresh when there is none). Returns the
     summary (also written to summary.json).
@@ -342,7 +350,7 @@ def train_metacontroller_run(
         raise CheckpointError(f"{stage} already holds a metacontroller; pass --resume to continue it, or delete it")
     train = preset(preset_name)
     train = replace(train, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
-    config = MetacontrollerConfig(force_switch=force_switch, **({} if alpha is None else {"alpha": alpha}))
+    config = MetacontrollerConfig(force_switch=force_switch, rank=rank, **({} if alpha is None else {"alpha": alpha}))
     data_dir = Path(data) if data is not None else dataset_of_run(run_dir)
     dataset = load_dataset(data_dir)
     base = load_base_model(run_dir)

@@ -230,6 +230,14 @@ class BaseModel(nn.Module):
         """-ln p(a_t | o_1:t) per step, [B,T]."""
         return self.action_head.nll(action_params, actions)
 
+    def placeholder_actions(self, batch_size: int, steps: int | None = None) -> Tensor:
+        """Zero actions in the head's format, to fill in for episodes that take none (finished or padded):
+        int64 [B] (categorical) or float32 [B, action_dim] (Gaussian); [B, steps, ...] with `steps`."""
+        shape = (batch_size,) if steps is None else (batch_size, steps)
+        if self.config.action_head == "categorical":
+            return torch.zeros(shape, dtype=torch.long)
+        return torch.zeros(*shape, self.config.action_dim)
+
     def sample_actions(self, action_params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample one action per step from `action_params` [...,P] with an explicit generator (seeded rollouts)."""
         return self.action_head.sample(action_params, generator)

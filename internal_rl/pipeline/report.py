@@ -62,11 +62,14 @@ def collect_results(run: Path) -> dict[str, Any]:
     reproduce = _load(run / "reproduce.json")
     if reproduce:
         results["preset"] = reproduce.get("preset")
+        results["env"] = reproduce.get("env")
+    keys = ("env", "episodes", "steps", "seed", "expert_success_rate", "expert_epsilon", "expert_mean_actions")
     manifest = _load(run / "data" / "manifest.json")
     if manifest:
-        results["data"] = {
-            k: manifest.get(k) for k in ("episodes", "steps", "seed", "expert_success_rate", "expert_epsilon") if k in manifest
-        }
+        results["data"] = {k: manifest.get(k) for k in keys if k in manifest}
+    clean = _load(run / "data-clean" / "manifest.json")
+    if clean:
+        results["data_clean"] = {k: clean.get(k) for k in keys if k in clean}
     pretrain = _load(run / "pretrain" / "eval.json")
     if pretrain:
         results["pretrain"] = pretrain
@@ -103,6 +106,9 @@ def collect_results(run: Path) -> dict[str, Any]:
                 "switches_per_episode": report["switches_per_episode"],
             }
     results["methods"] = rl_summary(run)
+    videos = _load(run / "videos" / "videos.json")
+    if videos:
+        results["videos"] = {name: {k: v[k] for k in ("task", "success", "length")} for name, v in videos.items()}
     markers = sorted((run / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)  # in the order run
     stages = {p.stem: load_json(p).get("seconds") for p in markers}
     if stages:
@@ -160,10 +166,17 @@ def write_report(run: Path) -> Path:
     lines += ["## Data", ""]
     data = results.get("data")
     if data:
-        lines += [f"{data.get('episodes')} successful expert episodes ({data.get('steps')} steps) on the 16 pretraining "
-                  f"tasks; the expert (epsilon {data.get('expert_epsilon')}) succeeded on "
+        noise = (f"epsilon {data.get('expert_epsilon')}" if data.get("env", "gridworld") == "gridworld"
+                 else "its stochastic Gaussian policy")
+        lines += [f"Environment `{data.get('env', 'gridworld')}`. {data.get('episodes')} successful expert episodes "
+                  f"({data.get('steps')} steps) on the 16 pretraining tasks; the expert ({noise}) succeeded on "
                   f"{_fmt(data.get('expert_success_rate'))} of the episodes it attempted (the rest are unsolvable "
                   "layouts, discarded).", ""]
+        clean = results.get("data_clean")
+        if clean:
+            lines += [f"Cleaner data D* (the expert's mean actions) for the supervised controllers and the "
+                      f"metacontroller: {clean.get('episodes')} episodes ({clean.get('steps')} steps), expert success "
+                      f"{_fmt(clean.get('expert_success_rate'))}.", ""]
     else:
         lines += ["_no dataset_", ""]
 
@@ -171,12 +184,15 @@ def write_report(run: Path) -> Path:
     pretrain = results.get("pretrain")
     if pretrain:
         held = pretrain.get("held_out", {})
-        lines += ["| held-out next-action accuracy | expert's own ceiling | held-out action NLL |",
-                  "|---|---|---|",
-                  f"| {_fmt(held.get('action_accuracy'))} | {_fmt(pretrain.get('expert', {}).get('accuracy_ceiling'))} "
-                  f"| {_fmt(held.get('action_nll'))} |", ""]
+        expert = pretrain.get("expert") if isinstance(pretrain.get("expert"), dict) else {}
+        lines += ["| held-out next-action accuracy | expert's own ceiling | held-out action NLL | held-out next-obs NLL |",
+                  "|---|---|---|---|",
+                  f"| {_fmt(held.get('action_accuracy'))} | {_fmt(expert.get('accuracy_ceiling'))} "
+                  f"| {_fmt(held.get('action_nll'))} | {_fmt(held.get('obs_nll'))} |", ""]
         rollouts = pretrain.get("rollouts")
-        if rollouts:
+        if isinstance(rollouts, str):
+            lines += [f"Free rollouts: {rollouts}.", ""]
+        elif rollouts:
             lines += [f"Free rollouts of the base model (no task given): {_fmt(rollouts.get('valid_task_fraction'))} of "
                       f"episodes visit a valid pretraining task; {_fmt(rollouts.get('mean_subgoals_completed'), 2)} "
                       "subgoals completed on average.", ""]
@@ -234,6 +250,14 @@ def write_report(run: Path) -> Path:
             lines += _image(run, name, name)
     else:
         lines += ["_no RL results_", ""]
+
+    if "videos" in results:
+        lines += ["## Videos", "", "| episode | task | success | steps |", "|---|---|---|---|"]
+        lines += [f"| [{name}](videos/{name}.gif) | {'-'.join(map(str, v['task']))} | {v['success']} | {v['length']} |"
+                  for name, v in results["videos"].items()]
+        lines += ["", "Expert on the post-training task; the base model alone on a pretraining task; each supervised "
+                  "controller U_g of layer L/2 on the one-colour task g; the controllers chained on the post-training "
+                  "task. The next colour to visit is framed in black.", ""]
 
     if "stage_seconds" in results:
         lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]

@@ -1,9 +1,12 @@
-"""`internal-rl reproduce gridworld`: the whole grid-world pipeline, stage by stage, ending in a report.
+"""`internal-rl reproduce ENV`: the whole pipeline (grid world, point-mass or ant pinpad), stage by stage,
+ending in a report. The environment only changes the presets and what the registry (`envs/registry.py`)
+hands each stage; the stages are the same.
 
 Run folder layout (every stage writes only its own part):
 
     DIR/reproduce.json          the preset this folder was started with (a resume must use the same one)
     DIR/data/                   expert dataset (manifest.json, trajectories.npz)
+    DIR/data-clean/             pinpad: the expert's mean actions (D*), for controllers and metacontroller
     DIR/pretrain/               base model checkpoint/, tb/, eval.json
     DIR/probes.json, .png       linear probes per layer
     DIR/steering.json, .png     supervised subgoal controllers per layer
@@ -11,18 +14,21 @@ Run folder layout (every stage writes only its own part):
     DIR/switching.json, switching_beta.png
     DIR/metacontroller-no-switch/, switching_metacontroller-no-switch.json   the beta == 1 ablation
     DIR/rl/<method>/seed_<k>.json                                            RL learning curves
+    DIR/videos/*.gif, videos.json   pinpad: expert, base model and supervised-controller episodes
     DIR/stages/<stage>.json     marker of a finished stage (its summary and wall time)
     DIR/report.md, results.json, figures/
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from internal_rl.common.config import config_to_dict, load_json, save_json
+from internal_rl.common.config import config_to_dict, load_json, replace, save_json
 from internal_rl.common.errors import ConfigError
-from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, Task
-from internal_rl.pipeline.run_steps import probe_run, steer_run
+from internal_rl.common.seeding import derive_seed
+from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
+from internal_rl.pipeline.run_steps import load_steering_decoder, probe_run, steer_run
 from internal_rl.pipeline.stages import Stage, run_stages
 
 METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
@@ -49,9 +55,15 @@ class ReproducePreset:
     task: Task = GRID_POSTTRAIN_TASK
     methods: tuple[str, ...] = METHODS
     seed: int = 0
+    # Episodes of the cleaner data D* (the expert's mean actions; paper App. C.4.4) on which the supervised
+    # controllers and the metacontroller are trained; 0: they use D (the grid world's expert at epsilon 0).
+    clean_episodes: int = 0
+    controller_rank: int | None = 16  # the metacontroller's U: rank 16 (grid), None = full linear (ant)
+    videos: bool = False  # episode GIFs of the expert, the base model and the supervised controllers
+    horizon: int | None = None  # the env's episode horizon (None: the env's default); the tests shorten it
 
 
-PRESETS: dict[str, ReproducePreset] = {
+_GRID_PRESETS: dict[str, ReproducePreset] = {
     # Fits 2 CPU cores in about 15 minutes; shows the pipeline's effects at small scale.
     "quick": ReproducePreset(
         episodes=50_000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2
@@ -61,31 +73,75 @@ PRESETS: dict[str, ReproducePreset] = {
         episodes=100_000, pretrain="paper", probe="paper", steer="paper", metacontroller="paper", rl="paper", seeds=3
     ),
 }
+_PINPAD = dict(task=PINPAD_POSTTRAIN_TASK, controller_rank=None, videos=True)
+_PINPAD_PRESETS: dict[str, ReproducePreset] = {
+    # Point mass: fits 2 CPU cores in under 30 minutes (measured; see the README).
+    "quick": ReproducePreset(
+        episodes=10_000, pretrain="quick-pinpad", probe="quick", steer="quick-pinpad",
+        metacontroller="quick-pinpad", rl="quick", seeds=1, clean_episodes=2_000, rl_episodes=2_048, **_PINPAD,
+    ),
+    # The paper's ant budgets (Tables A5, A8, A10, A14), 3 seeds per method.
+    "full": ReproducePreset(
+        episodes=100_000, pretrain="paper-ant", probe="paper", steer="paper-ant", metacontroller="paper-ant",
+        rl="paper-ant", seeds=3, clean_episodes=20_000, **_PINPAD,
+    ),
+}
+ENV_PRESETS: dict[str, dict[str, ReproducePreset]] = {
+    "gridworld": _GRID_PRESETS,
+    "point-pinpad": _PINPAD_PRESETS,
+    "ant-pinpad": _PINPAD_PRESETS,
+}
+PRESETS = _GRID_PRESETS  # the grid world's, under the name earlier callers used
 
 
-def reproduce_preset(name: str) -> ReproducePreset:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown reproduce preset {name!r}; valid: {sorted(PRESETS)}")
-    return PRESETS[name]
+def reproduce_preset(name: str, env: str = "gridworld") -> ReproducePreset:
+    """The named preset of `env`'s pipeline; ConfigError listing the valid names otherwise."""
+    if env not in ENV_PRESETS:
+        raise ConfigError(f"unknown environment {env!r} for reproduce; valid: {', '.join(ENV_PRESETS)}")
+    presets = ENV_PRESETS[env]
+    if name not in presets:
+        raise ConfigError(f"unknown reproduce preset {name!r}; valid: {sorted(presets)}")
+    return presets[name]
 
 
-def gridworld_stages(preset: ReproducePreset, show_progress: bool = True) -> list[Stage]:
-    """The grid-world pipeline as a list of resumable stages."""
+CLEAN_DATA = "data-clean"  # D*, beside DIR/data (D)
+VIDEOS = "videos"
+
+
+def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = True) -> list[Stage]:
+    """The pipeline of `env` (any registered environment) as a list of resumable stages."""
     from internal_rl.analysis.switching import analyse_run
     from internal_rl.data.generate import generate_dataset
+    from internal_rl.envs.registry import env_spec
     from internal_rl.metacontroller.training import train_metacontroller_run
     from internal_rl.models.pretraining import pretrain_preset, run_pretraining
     from internal_rl.pipeline.report import write_report
     from internal_rl.rl.training import run_rl_seeds
 
+    def clean_data(out: Path) -> Path | None:
+        return out / CLEAN_DATA if preset.clean_episodes else None
+
     def generate(out: Path) -> dict[str, Any]:
-        generate_dataset("gridworld", preset.episodes, out / "data", preset.seed, force=True, show_progress=show_progress)
-        return {"episodes": preset.episodes}
+        spec = env_spec(env)
+        config = None if preset.horizon is None else replace(spec.default_config(), horizon=preset.horizon)
+        generate_dataset(
+            env, preset.episodes, out / "data", preset.seed, force=True, show_progress=show_progress, config=config
+        )
+        summary: dict[str, Any] = {"episodes": preset.episodes}
+        if preset.clean_episodes:
+            generate_dataset(
+                env, preset.clean_episodes, out / CLEAN_DATA, derive_seed(preset.seed, "clean"), force=True,
+                show_progress=show_progress, mean_actions=True, config=config,
+            )
+            summary["clean_episodes"] = preset.clean_episodes
+        return summary
 
     def pretrain(out: Path) -> dict[str, Any]:
         config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
         result = run_pretraining(config, out / "data", out / "pretrain", resume=True, show_progress=show_progress)
-        return {"held_out_accuracy": result["held_out"]["action_accuracy"]}
+        held_out = result["held_out"]  # accuracy is NaN for a Gaussian action head: leave it out
+        keys = ("action_accuracy", "action_nll")
+        return {key: held_out[key] for key in keys if math.isfinite(held_out.get(key, math.nan))}
 
     def probe(out: Path) -> dict[str, Any]:
         results = probe_run(out, preset.probe, seed=preset.seed, steps=preset.probe_steps, show_progress=show_progress)
@@ -93,17 +149,17 @@ def gridworld_stages(preset: ReproducePreset, show_progress: bool = True) -> lis
 
     def steer(out: Path) -> dict[str, Any]:
         steer_run(
-            out, preset.steer, seed=preset.seed, steps=preset.steer_steps, episodes=preset.steer_episodes,
-            show_progress=show_progress,
+            out, preset.steer, data=clean_data(out), seed=preset.seed, steps=preset.steer_steps,
+            episodes=preset.steer_episodes, show_progress=show_progress,
         )
         return {}
 
     def metacontroller(force_switch: bool):
         def run(out: Path) -> dict[str, Any]:
             train_metacontroller_run(
-                out, preset_name=preset.metacontroller, seed=preset.seed, steps=preset.metacontroller_steps,
-                force_switch=force_switch, resume=True,
-                show_progress=show_progress,
+                out, preset_name=preset.metacontroller, data=clean_data(out), seed=preset.seed,
+                steps=preset.metacontroller_steps, force_switch=force_switch, resume=True,
+                show_progress=show_progress, rank=preset.controller_rank,
             )
             stage = "metacontroller-no-switch" if force_switch else "metacontroller"
             report = analyse_run(out, stage_name=stage)
@@ -121,6 +177,11 @@ def gridworld_stages(preset: ReproducePreset, show_progress: bool = True) -> lis
 
         return run
 
+    def videos(out: Path) -> dict[str, Any]:
+        result = video_run(out, env, seed=preset.seed)
+        save_json(out / VIDEOS / "videos.json", result)
+        return {name: video["success"] for name, video in result.items()}
+
     stages = [
         Stage("generate", generate),
         Stage("pretrain", pretrain),
@@ -131,9 +192,37 @@ def gridworld_stages(preset: ReproducePreset, show_progress: bool = True) -> lis
     if "no-switch" in preset.methods:
         stages.append(Stage("metacontroller-no-switch", metacontroller(force_switch=True)))
     stages += [Stage(f"rl-{method}", rl(method)) for method in preset.methods]
+    if preset.videos:
+        stages.append(Stage("videos", videos))
     # The report is rebuilt on every call (it is cheap), so it always reflects the files present.
     stages.append(Stage("report", lambda out: {"report": str(write_report(out))}))
     return stages
+
+
+def gridworld_stages(preset: ReproducePreset, show_progress: bool = True) -> list[Stage]:
+    """The grid-world pipeline as a list of resumable stages."""
+    return pipeline_stages("gridworld", preset, show_progress)
+
+
+def video_run(run: Path, env: str, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """GIFs of the expert, the base model and the supervised controllers at the controlled layer L/2
+    (when the steering stage saved them) into RUN/videos/; returns what `write_videos` returns."""
+    from internal_rl.common.errors import CheckpointError
+    from internal_rl.data.generate import env_config_from_manifest
+    from internal_rl.envs.registry import env_spec
+    from internal_rl.metacontroller.training import dataset_of_run
+    from internal_rl.models.base_model import load_base_model
+    from internal_rl.models.hooks import controlled_hook
+    from internal_rl.pipeline.videos import write_videos
+
+    model = load_base_model(run)
+    env_config = env_config_from_manifest(load_json(dataset_of_run(run) / "manifest.json"))
+    hook = controlled_hook(model.n_layers)
+    try:
+        decoder = load_steering_decoder(run, hook)
+    except CheckpointError:
+        decoder = None
+    return write_videos(Path(run) / VIDEOS, env_spec(env), env_config, model, decoder=decoder, hook=hook, seed=seed)
 
 
 def reproduce(
@@ -143,10 +232,14 @@ def reproduce(
 
     `preset` replaces the named preset's settings (the name is still recorded), e.g. for a tiny test run.
     """
-    if env != "gridworld":
-        raise ConfigError(f"unknown environment {env!r} for reproduce; valid: gridworld")
+    from internal_rl.envs.registry import env_spec
+
+    named = reproduce_preset(preset_name, env)  # checks env and name
+    spec = env_spec(env)
+    if spec.check_ready is not None:
+        spec.check_ready()  # fail now (the ant without a trained expert), not after setting up the run folder
     out = Path(out)
-    preset = preset or reproduce_preset(preset_name)
+    preset = preset or named
     record = {"env": env, "preset": preset_name, "config": config_to_dict(preset)}
     record_path = out / "reproduce.json"
     if record_path.is_file():
@@ -158,7 +251,7 @@ def reproduce(
             )
     out.mkdir(parents=True, exist_ok=True)
     save_json(record_path, record)
-    stages = gridworld_stages(preset, show_progress)
+    stages = pipeline_stages(env, preset, show_progress)
     report_marker = out / "stages" / "report.json"
     report_marker.unlink(missing_ok=True)
     run_stages(out, stages)

@@ -33,11 +33,17 @@ def probe_run(
     return results
 
 
+STEERING_CONTROLLERS = "steering_controllers"
+
+
 def steer_run(
     run: Path, preset: str = "quick", *, data: Path | None = None, layers: list[str] | None = None,
     seed: int | None = None, steps: int | None = None, episodes: int | None = None, show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Fit and evaluate supervised subgoal controllers per layer; write RUN/steering.json and RUN/steering.png."""
+    """Fit and evaluate supervised subgoal controllers per layer; write RUN/steering.json, RUN/steering.png
+    and each layer's controller decoder as RUN/steering_controllers/<hook>.safetensors."""
+    from safetensors.torch import save_file
+
     from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
     from internal_rl.data.dataset import load_dataset
     from internal_rl.data.generate import env_config_from_manifest
@@ -49,8 +55,15 @@ def steer_run(
     model = load_base_model(run)
     dataset = load_dataset(run_dataset(run, data))
     hooks = resolve_layers(layers, model.n_layers)
+    decoders = run / STEERING_CONTROLLERS
+    decoders.mkdir(parents=True, exist_ok=True)
+
+    def save_decoder(hook: str, decoder: Any) -> None:
+        save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(decoders / f"{hook}.safetensors"))
+
     results = steer_layers(
-        model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress
+        model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress,
+        on_decoder=save_decoder,
     )
     save_json(run / "steering.json", results)
     probes = load_json(run / "probes.json") if (run / "probes.json").is_file() else None
@@ -58,3 +71,18 @@ def steer_run(
     return results
 
 
+def load_steering_decoder(run: Path, hook: str) -> Any:
+    """The supervised controller decoder `steer_run` fitted at `hook` (its config from RUN/steering.json)."""
+    from safetensors.torch import load_file
+
+    from internal_rl.common.errors import CheckpointError
+    from internal_rl.models.base_model import load_base_model
+    from internal_rl.models.controller import ControllerDecoder
+
+    path = Path(run) / STEERING_CONTROLLERS / f"{hook}.safetensors"
+    if not path.is_file() or not (Path(run) / "steering.json").is_file():
+        raise CheckpointError(f"no supervised controller for {hook} in {run} (run `internal-rl steer --run {run}`)")
+    config = load_json(Path(run) / "steering.json")["config"]
+    decoder = ControllerDecoder(config["n_subgoals"], load_base_model(run).d_model, config["rank"], config["hidden"])
+    decoder.load_state_dict(load_file(str(path)))
+    return decoder.eval().requires_grad_(False)

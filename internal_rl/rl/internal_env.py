@@ -1,4 +1,4 @@
-"""The internal-RL environment: grid world + frozen base model + frozen switching unit + frozen decoder.
+"""The internal-RL environment: task env + frozen base model + frozen switching unit + frozen decoder.
 
 Paper Sec. "Internal reinforcement learning" and Algorithm 1: the agent acts in the residual stream.
 Its observation is the activation e at the controlled hook (layer L/2) at a decision time, its action a
@@ -44,8 +44,8 @@ from torch import Tensor
 
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
-from internal_rl.envs.batched_gridworld import BatchedGridWorld
 from internal_rl.envs.gridworld import GridWorldConfig
+from internal_rl.envs.registry import make_batched_env
 from internal_rl.envs.tasks import Task
 from internal_rl.models.base_model import BaseModel, DecodingState
 from internal_rl.models.controller import ControllerParams, apply_controller
@@ -106,14 +106,15 @@ class BatchedInternalEnv:
     """N internal-RL episodes stepped in lockstep, one low-level step at a time (see the module docstring).
 
     The base model and the metacontroller are used frozen and under `torch.no_grad()`. Episodes that have
-    finished stay frozen (the grid world ignores their actions) until the next `reset`.
+    finished stay frozen (the env ignores their actions) until the next `reset`. `env_config` is any
+    registered environment's config (`envs/registry.py`); its batched env is `self.env`.
     """
 
     def __init__(
         self,
         base_model: BaseModel,
         metacontroller: Metacontroller,
-        env_config: GridWorldConfig,
+        env_config: Any,
         num_envs: int,
         beta_threshold: float = BETA_THRESHOLD,
     ):
@@ -129,7 +130,7 @@ class BatchedInternalEnv:
         self.base_model = base_model
         self.metacontroller = metacontroller
         self.hook = resolve_hook(base_model, metacontroller)
-        self.grid = BatchedGridWorld(env_config, num_envs)
+        self.env = make_batched_env(env_config, num_envs)
         self.num_envs = num_envs
         self.horizon = env_config.horizon
         self.d_model = base_model.d_model
@@ -140,7 +141,7 @@ class BatchedInternalEnv:
 
     def reset(self, seed: int, tasks: list[Task] | None = None) -> None:
         """Start N new episodes: layouts from `seed`, one task per episode (default: the config's tasks)."""
-        self.grid.reset(seed=derive_seed(seed, "layouts"), tasks=tasks)
+        self.env.reset(seed=derive_seed(seed, "layouts"), tasks=tasks)
         self.generator.manual_seed(derive_seed(seed, "base-model-actions"))
         n = self.num_envs
         self.decoding_state = self.base_model.init_state(n, self.horizon)
@@ -153,12 +154,12 @@ class BatchedInternalEnv:
     @property
     def done(self) -> Tensor:
         """bool [N]: the episode has ended (terminated or truncated)."""
-        return torch.from_numpy(self.grid.done.copy())
+        return torch.from_numpy(self.env.done.copy())
 
     @property
     def successes(self) -> Tensor:
         """bool [N]: the episode ended by completing its task."""
-        return torch.from_numpy(self.grid.terminated & (self.grid.progress == self.grid.task_lengths))
+        return torch.from_numpy(self.env.terminated & (self.env.progress == self.env.task_lengths))
 
     @torch.no_grad()
     def step(self, decide: Decide) -> LowLevelStep:
@@ -170,7 +171,7 @@ class BatchedInternalEnv:
         self.rows = rows
         running = active[rows]  # [R], for the R episodes in the base model's batch
         first_step = self.t == 0
-        obs = torch.from_numpy(self.grid.observations())[rows]
+        obs = torch.from_numpy(self.env.observations())[rows]
         z_prev = self.z[rows]
         decisions: dict[str, Tensor] = {}
 
@@ -186,9 +187,9 @@ class BatchedInternalEnv:
             return apply_controller(e, _expand(self.metacontroller.decode(z)))
 
         out = self.base_model.step(obs, self.decoding_state, interventions={self.hook: control})
-        actions = torch.zeros(self.num_envs, dtype=torch.long)  # finished episodes ignore their action
+        actions = self.base_model.placeholder_actions(self.num_envs)  # finished episodes ignore their action
         actions[rows] = self.base_model.sample_actions(out.action_params[:, 0], self.generator)
-        _, reward, terminated, truncated, _ = self.grid.step(actions.numpy(), with_obs=False)
+        _, reward, terminated, truncated, _ = self.env.step(actions.numpy())
 
         # Commit: only running episodes advance their switch state (finished ones are frozen).
         self.switch_state[rows] = torch.where(running[:, None], decisions["switch_state"], self.switch_state[rows])
@@ -231,7 +232,7 @@ class InternalEnv(gymnasium.Env):
         self,
         base_model: BaseModel,
         metacontroller: Metacontroller,
-        env_config: GridWorldConfig | None = None,
+        env_config: Any = None,
         task: Task | None = None,
         beta_threshold: float = BETA_THRESHOLD,
     ):
@@ -258,8 +259,8 @@ class InternalEnv(gymnasium.Env):
         z = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(1, self._core.n_z)
         self._pending_z = z
         e, reward, low_level_steps = self._run_until_decision()
-        terminated = bool(self._core.grid.terminated[0])
-        truncated = bool(self._core.grid.truncated[0])
+        terminated = bool(self._core.env.terminated[0])
+        truncated = bool(self._core.env.truncated[0])
         return e, reward, terminated, truncated, self._info(low_level_steps, reward)
 
     def _run_until_decision(self) -> tuple[np.ndarray, float, int]:
@@ -282,10 +283,10 @@ class InternalEnv(gymnasium.Env):
         return z
 
     def _info(self, low_level_steps: int, reward: float) -> dict[str, Any]:
-        grid = self._core.grid
+        env = self._core.env
         return {
             "low_level_steps": low_level_steps,
-            "progress": int(grid.progress[0]),
-            "task": tuple(int(c) for c in grid.tasks[0, : grid.task_lengths[0]]),
-            "success": bool(grid.terminated[0] and grid.progress[0] == grid.task_lengths[0]),
+            "progress": int(env.progress[0]),
+            "task": tuple(int(c) for c in env.tasks[0, : env.task_lengths[0]]),
+            "success": bool(env.terminated[0] and env.progress[0] == env.task_lengths[0]),
         }

@@ -9,7 +9,8 @@ Both expose `log_prob(inputs, actions, mask) -> [B, M]`, the only thing the PPO 
   the untrained policy samples exactly from the metacontroller's prior N(0, I) (exploration starts where
   the metacontroller was trained; the paper notes that internal RL has the highest initial success).
 - `RawActionPolicy`: a trainable copy of the pretrained base model; its action head is the policy over the
-  4 grid actions (paper Sec. 7, baseline 1: raw-action RL finetuning from the pretrained model).
+  4 grid actions, or the Gaussian over continuous forces/torques (pinpad), whose log-probability is the
+  Gaussian head's (paper Sec. 7, baseline 1: raw-action RL finetuning from the pretrained model).
 """
 
 import copy

@@ -8,7 +8,7 @@ differ only in the policy and in what it acts on:
     method      policy                             acts on                       decides
     internal    CodePolicy (1-layer Hawk, N(0,I))  InternalEnv (metacontroller)   when the switch fires
     no-switch   CodePolicy                         InternalEnv (force_switch MC)  every low-level step
-    raw         RawActionPolicy (base model copy)  the grid world                 every low-level step
+    raw         RawActionPolicy (base model copy)  the task env (grid, pinpad)    every low-level step
 
 Learning curve: one record per update with the cumulative episodes and env steps and the success rate of
 that batch (sampled from the training policy). Evaluation: the success rate of the policy *as it acts in
@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -30,8 +30,8 @@ from internal_rl.common.config import config_to_dict, load_json, replace, save_j
 from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
-from internal_rl.envs.batched_gridworld import BatchedGridWorld
 from internal_rl.envs.gridworld import GridWorldConfig
+from internal_rl.envs.registry import make_batched_env
 from internal_rl.envs.tasks import Task, validate_task
 from internal_rl.metacontroller.modules import METACONTROLLER_DIR, NO_SWITCH_DIR, Metacontroller, load_metacontroller
 from internal_rl.models.base_model import BaseModel, load_base_model
@@ -90,7 +90,12 @@ _QUICK = RLConfig(
     policy_heads=4,
     eval_episodes=256,
 )
-PRESETS: dict[str, RLConfig] = {"quick": _QUICK, "paper": RLConfig()}
+PRESETS: dict[str, RLConfig] = {
+    "quick": _QUICK,
+    "paper": RLConfig(),
+    # Table A14 (ant): batch 256; the budget is counted in episodes as for the grid world.
+    "paper-ant": RLConfig(ppo=PPOConfig(episodes_per_batch=256)),
+}
 
 
 def rl_preset(name: str, method: str) -> RLConfig:
@@ -163,14 +168,15 @@ def collect_internal_rollouts(
 
 @torch.no_grad()
 def collect_raw_rollouts(
-    policy: RawActionPolicy, env: BatchedGridWorld, seed: int, generator: torch.Generator
+    policy: RawActionPolicy, env: Any, seed: int, generator: torch.Generator
 ) -> RolloutBatch:
-    """Run N episodes with the raw-action policy (KV-cached stepping); every action is a decision."""
+    """Run N episodes with the raw-action policy (KV-cached stepping) in a batched env (`envs/registry.py`);
+    every action is a decision, discrete or continuous."""
     n, horizon = env.num_envs, env.config.horizon
     obs = torch.from_numpy(env.reset(seed=derive_seed(seed, "layouts")))
     state = policy.init_state(n, horizon)
     observations = torch.zeros(n, horizon, env.config.obs_dim)
-    actions = torch.zeros(n, horizon, dtype=torch.long)
+    actions = policy.model.placeholder_actions(n, horizon)
     log_probs = torch.zeros(n, horizon)
     mask = torch.zeros(n, horizon, dtype=torch.bool)
     returns = torch.zeros(n)
@@ -180,7 +186,7 @@ def collect_raw_rollouts(
     while not env.done.all():
         active = torch.from_numpy(~env.done)
         state, rows = drop_finished(state, rows, ~active)
-        action = torch.zeros(n, dtype=torch.long)  # finished episodes ignore their action
+        action = policy.model.placeholder_actions(n)  # finished episodes ignore their action
         action[rows], log_probs[rows, t] = policy.act(obs[rows], state, generator)
         observations[:, t], actions[:, t], mask[:, t] = obs, action, active
         next_obs, reward, _, _, _ = env.step(action.numpy())
@@ -206,7 +212,23 @@ def collect_raw_rollouts(
 Collect = Callable[[int, int], RolloutBatch]  # (seed, num_envs) -> a batch of finished episodes
 
 
-def _method_setup(
+class RolloutWorkers(Protocol):
+    """Collects episodes away from the learner (e.g. on Ray actors: `internal_rl.distributed.rollouts`)."""
+
+    def bind(
+        self,
+        method: str,
+        base_model: BaseModel,
+        metacontroller: Metacontroller | None,
+        env_config: GridWorldConfig,
+        config: RLConfig,
+        policy: torch.nn.Module,
+    ) -> Collect:
+        """A `Collect` that rolls out `policy`'s current weights (read at each call) on the workers."""
+        ...
+
+
+def method_setup(
     method: str,
     base_model: BaseModel,
     metacontroller: Metacontroller | None,
@@ -220,7 +242,9 @@ def _method_setup(
         raw_policy = RawActionPolicy(base_model)
 
         def collect_raw(seed: int, num_envs: int) -> RolloutBatch:
-            env = envs.setdefault(num_envs, BatchedGridWorld(env_config, num_envs))
+            if num_envs not in envs:
+                envs[num_envs] = make_batched_env(env_config, num_envs)
+            env = envs[num_envs]
             return collect_raw_rollouts(raw_policy, env, seed, generator)
 
         return raw_policy, collect_raw
@@ -268,15 +292,19 @@ def train_rl(
     *,
     logdir: Path | None = None,
     show_progress: bool = False,
+    workers: RolloutWorkers | None = None,
 ) -> dict[str, Any]:
     """Train one method for `config.total_episodes` episodes of `env_config`'s task(s); return the results.
 
     The result holds the learning curve (one record per PPO update), the held-out evaluation before and
-    after training, and timings (rollout throughput in episodes/s and env steps/s).
+    after training, and timings (rollout throughput in episodes/s and env steps/s). With `workers`, the
+    episodes are collected by them (same rollout functions, their own sampling seeds) and learned here.
     """
     check_method(method)
     generator = seed_everything(derive_seed(seed, "rl", method))  # also seeds the policy's initialisation
-    policy, collect = _method_setup(method, base_model, metacontroller, env_config, config, generator)
+    policy, collect = method_setup(method, base_model, metacontroller, env_config, config, generator)
+    if workers is not None:  # the same rollout code, run by the workers with the learner's weights
+        collect = workers.bind(method, base_model, metacontroller, env_config, config, policy)
     optimizer = make_optimizer(policy, config.ppo)
     logger = ScalarLogger(logdir)
     batch_size = config.ppo.episodes_per_batch
@@ -345,7 +373,7 @@ def train_rl(
 
 
 def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> GridWorldConfig:
-    """The grid world the run's pretraining data came from (its dataset manifest), with `task` as its only task."""
+    """The environment the run's pretraining data came from (its dataset manifest), with `task` as its only task."""
     from internal_rl.data.generate import env_config_from_manifest
     from internal_rl.metacontroller.training import dataset_of_run
 
@@ -377,17 +405,26 @@ def result_path(run_dir: Path, method: str, seed: int) -> Path:
 
 
 def run_rl(
-    method: str, run_dir: Path, task: Task, seed: int, config: RLConfig, *, show_progress: bool = True
+    method: str,
+    run_dir: Path,
+    task: Task,
+    seed: int,
+    config: RLConfig,
+    *,
+    show_progress: bool = True,
+    workers: RolloutWorkers | None = None,
+    results_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train `method` on `task` from run folder `run_dir`; write RUN/rl/<method>/seed_<seed>.json; return it.
 
-    TensorBoard scalars go to RUN/rl/<method>/tensorboard/seed_<seed>.
+    TensorBoard scalars go to RUN/rl/<method>/tensorboard/seed_<seed>. `results_dir` (a sweep's trial
+    group) replaces RUN as the folder the results go to; `workers` collect the episodes (see `train_rl`).
     """
     run_dir = Path(run_dir)
     base_model = load_base_model(run_dir)
     metacontroller = load_method_metacontroller(run_dir, method)
     env_config = env_config_of_run(run_dir, base_model, task)
-    out = result_path(run_dir, method, seed)
+    out = result_path(run_dir if results_dir is None else results_dir, method, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = train_rl(
         method,
@@ -398,6 +435,7 @@ def run_rl(
         config,
         logdir=out.parent / "tensorboard" / f"seed_{seed}",
         show_progress=show_progress,
+        workers=workers,
     )
     save_json(out, result)
     return result
@@ -414,15 +452,22 @@ def run_rl_seeds(
     lr: float | None = None,
     first_seed: int = 0,
     show_progress: bool = True,
+    workers: RolloutWorkers | None = None,
 ) -> list[dict[str, Any]]:
     """`run_rl` for seeds first_seed .. first_seed + seeds - 1 with the named preset (and overrides)."""
     check(seeds >= 1, f"--seeds {seeds}; expected >= 1")
+    config = rl_config(preset, method, episodes=episodes, lr=lr)
+    return [
+        run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers)
+        for seed in range(first_seed, first_seed + seeds)
+    ]
+
+
+def rl_config(preset: str, method: str, *, episodes: int | None = None, lr: float | None = None) -> RLConfig:
+    """The named preset for `method` with the episode budget and learning rate overridden where given."""
     config = rl_preset(preset, method)
     if episodes is not None:
         config = replace(config, total_episodes=episodes)
     if lr is not None:
         config = replace(config, ppo=replace(config.ppo, lr=lr))
-    return [
-        run_rl(method, run_dir, task, seed, config, show_progress=show_progress)
-        for seed in range(first_seed, first_seed + seeds)
-    ]
+    return config

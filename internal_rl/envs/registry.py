@@ -1,0 +1,188 @@
+"""Which environment a dataset or run belongs to: one table from an env name to everything that differs.
+
+Every stage above `envs/` (data generation, pretraining's evaluation, probes, steering, RL, `reproduce`)
+asks this table instead of naming an environment class, so the grid world, the point-mass pinpad and the
+ant pinpad run through the same code:
+
+    name           config               batched env          expert data                 subgoal
+    gridworld      GridWorldConfig      BatchedGridWorld     data/generate.py (chunks)   a colour pair
+    point-pinpad   PointPinpadConfig    BatchedPointPinpad   PointExpert                 one colour
+    ant-pinpad     AntPinpadConfig      BatchedAntPinpad     a trained AntExpert         one colour
+
+A batched env (N episodes in numpy, no autoreset) offers: `num_envs`, `config` (with `horizon`, `obs_dim`,
+`n_colours`, `tasks`), `reset(seed, tasks) -> obs`, `step(actions) -> (obs, reward, terminated, truncated,
+info)`, `observations()`, `target()` (the next colour, -1 once done), and the arrays `done`, `terminated`,
+`truncated`, `progress`, `task_lengths`, `tasks`, `t`. Actions are int [N] (grid) or float [N, act_dim].
+
+Classes are named as "module:attribute" and imported on use: the ant imports MuJoCo.
+"""
+
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from internal_rl.common.errors import ConfigError
+from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, Task, TaskSplit
+
+# Where `reproduce ant-pinpad` looks for the ant expert (scripts/train_ant_expert.py --out ...).
+ANT_EXPERT_VARIABLE = "INTERNAL_RL_ANT_EXPERT"
+DEFAULT_ANT_EXPERT = Path("runs/ant_expert")
+# An ant expert whose last training success rate is below this gives too few demonstrations to learn from.
+MIN_ANT_EXPERT_SUCCESS = 0.2
+
+
+def _resolve(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the pipeline needs to know about one environment."""
+
+    name: str
+    config_class: str  # "module:Class" of the env config dataclass
+    batched_class: str  # "module:Class" of the batched env, built as Class(config, num_envs)
+    split: str  # key of `tasks.SPLITS`: pretraining tasks and the post-training task
+    # One task per subgoal, in subgoal order: completing it is completing that subgoal (steering's
+    # single-subgoal evaluation); its colours are the colours of that subgoal.
+    subgoal_tasks: tuple[Task, ...]
+    gym_id: str
+    # expert(config, episodes, seed, mean_actions) -> padded episode arrays (`pinpad_expert.collect_episodes`);
+    # None: the grid world's chunked generator in data/generate.py.
+    expert: Callable[[Any, int, int, bool], dict[str, np.ndarray]] | None = None
+    # expert_actor(config) -> act(batched_env, rng) -> sampled actions: the expert as a policy (videos).
+    expert_actor: Callable[[Any], Callable[[Any, np.random.Generator], np.ndarray]] | None = None
+    # check_ready() raises a one-line ConfigError when the env cannot be used yet (the ant without an expert).
+    check_ready: Callable[[], Any] | None = None
+
+    @property
+    def config_type(self) -> type:
+        return _resolve(self.config_class)
+
+    @property
+    def task_split(self) -> TaskSplit:
+        return SPLITS[self.split]
+
+    @property
+    def posttrain_task(self) -> Task:
+        return self.task_split.posttrain[0]
+
+    @property
+    def n_subgoals(self) -> int:
+        return len(self.subgoal_tasks)
+
+    @property
+    def colours_per_subgoal(self) -> int:
+        return len(self.subgoal_tasks[0])
+
+    def default_config(self) -> Any:
+        return self.config_type()
+
+    def make_batched(self, config: Any, num_envs: int) -> Any:
+        """A batched env of `num_envs` episodes of `config`."""
+        return _resolve(self.batched_class)(config, num_envs)
+
+    def subgoal_table(self, n_colours: int) -> np.ndarray:
+        """int64 [n_colours + 1]: colour -> subgoal index; -1 for colours in no subgoal and at index -1
+        (the target of a finished episode)."""
+        table = np.full(n_colours + 1, -1, dtype=np.int64)
+        for k, task in enumerate(self.subgoal_tasks):
+            for colour in task:
+                if colour < n_colours:
+                    table[colour] = k
+        return table
+
+
+def _point_expert(config: Any, episodes: int, seed: int, mean_actions: bool) -> dict[str, np.ndarray]:
+    from internal_rl.envs.pinpad_expert import PointExpertConfig, point_expert_episodes
+
+    expert = PointExpertConfig(noise_std=0.0) if mean_actions else PointExpertConfig()
+    return point_expert_episodes(episodes, seed, env_config=config, expert_config=expert)
+
+
+def _point_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.ndarray]:
+    from internal_rl.envs.pinpad_expert import PointExpert
+
+    expert = PointExpert(config)
+    return lambda env, rng: expert.act(env, rng)[0]
+
+
+def _ant_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.ndarray]:
+    from internal_rl.envs.ant_expert import load_expert
+
+    expert = load_expert(find_ant_expert())
+    return lambda env, rng: expert.act(env, rng)[0]
+
+
+def find_ant_expert() -> Path:
+    """The folder of a usable trained ant expert, or a one-line ConfigError saying why there is none."""
+    path = Path(os.environ.get(ANT_EXPERT_VARIABLE, DEFAULT_ANT_EXPERT))
+    meta = path / "expert.json"
+    if not (path / "expert.safetensors").is_file() or not meta.is_file():
+        raise ConfigError(
+            f"ant-pinpad needs a trained ant expert and there is none at {path} (set {ANT_EXPERT_VARIABLE}, or "
+            f"train one with scripts/train_ant_expert.py --out {path}); no competent ant expert exists yet"
+        )
+    history = json.loads(meta.read_text()).get("stats", {}).get("history") or [{}]
+    success = history[-1].get("success_rate")
+    if not isinstance(success, (int, float)) or not success >= MIN_ANT_EXPERT_SUCCESS:
+        raise ConfigError(
+            f"the ant expert at {path} succeeds in {success} of its training episodes (need >= "
+            f"{MIN_ANT_EXPERT_SUCCESS}): too few successful demonstrations to pretrain on; train it longer"
+        )
+    return path
+
+
+def _ant_expert(config: Any, episodes: int, seed: int, mean_actions: bool) -> dict[str, np.ndarray]:
+    from internal_rl.envs.ant_expert import ant_expert_episodes, load_expert
+
+    expert = load_expert(find_ant_expert())
+    return ant_expert_episodes(expert, episodes, seed, tasks=config.tasks, mean_actions=mean_actions)
+
+
+_PINPAD_SUBGOALS: tuple[Task, ...] = ((0,), (1,), (2,), (3,))
+
+ENVS: dict[str, EnvSpec] = {
+    "gridworld": EnvSpec(
+        "gridworld", "internal_rl.envs.gridworld:GridWorldConfig",
+        "internal_rl.envs.batched_gridworld:BatchedGridWorld", "gridworld", GRID_SUBGOAL_PAIRS,
+        gym_id="internal_rl/GridWorld-v0",
+    ),
+    "point-pinpad": EnvSpec(
+        "point-pinpad", "internal_rl.envs.point_pinpad:PointPinpadConfig",
+        "internal_rl.envs.point_pinpad:BatchedPointPinpad", "pinpad", _PINPAD_SUBGOALS,
+        gym_id="internal_rl/PointPinpad-v0", expert=_point_expert, expert_actor=_point_expert_actor,
+    ),
+    "ant-pinpad": EnvSpec(
+        "ant-pinpad", "internal_rl.envs.ant_pinpad:AntPinpadConfig", "internal_rl.envs.ant_pinpad:BatchedAntPinpad",
+        "pinpad", _PINPAD_SUBGOALS, gym_id="internal_rl/AntPinpad-v0", expert=_ant_expert,
+        expert_actor=_ant_expert_actor, check_ready=find_ant_expert,
+    ),
+}
+
+
+def env_spec(name: str) -> EnvSpec:
+    """The spec of env `name`, or a ConfigError listing the known ones."""
+    if name not in ENVS:
+        raise ConfigError(f"unknown env {name!r}; valid: {', '.join(ENVS)}")
+    return ENVS[name]
+
+
+def spec_of_config(config: Any) -> EnvSpec:
+    """The spec whose config class `config` is an instance of (exact class first: configs subclass each other)."""
+    name = f"{type(config).__module__}:{type(config).__name__}"
+    for spec in ENVS.values():
+        if spec.config_class == name:
+            return spec
+    raise ConfigError(f"no environment uses a {type(config).__name__}; valid: {', '.join(ENVS)}")
+
+
+def make_batched_env(config: Any, num_envs: int) -> Any:
+    """The batched env for an env config of any registered environment."""
+    return spec_of_config(config).make_batched(config, num_envs)
