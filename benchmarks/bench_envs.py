@@ -11,10 +11,7 @@ same cost) unless the row says it autoresets.
 import argparse
 import json
 import os
-import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium
@@ -24,16 +21,7 @@ from internal_rl.envs.batched_gridworld import BatchedGridWorld, GridWorldVector
 from internal_rl.envs.expert import GridExpert, distance_maps
 from internal_rl.envs.gridworld import GridWorldConfig, GridWorldEnv, sample_layouts
 
-
-def best_rate(run: Callable[[], int], seconds: float, repeats: int = 3) -> float:
-    """Largest units/s over `repeats` timings of `run` (which returns the units it did) for ~`seconds` each."""
-    rates = []
-    for _ in range(repeats):
-        units, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            units += run()
-        rates.append(units / (time.perf_counter() - start))
-    return max(rates)
+from timing import best_rate, machine_info
 
 
 def bench_scalar(config: GridWorldConfig, seconds: float) -> float:
@@ -184,14 +172,7 @@ def main() -> None:
     print(f"expert success rate {success:.3f}, mean episode length {length:.1f} steps (failures run to the horizon)")
 
     results = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            # Other processes share the cores; a load above the core count deflates every rate.
-            "load_average_1min": os.getloadavg()[0],
-        },
+        "machine": machine_info(),
         "batch": batch,
         "seconds_per_repeat": seconds,
         "rates": [{"name": name, "rate": rate, "unit": unit} for name, rate, unit in rows],

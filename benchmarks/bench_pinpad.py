@@ -13,10 +13,7 @@ reported per env step rather than per episode.
 import argparse
 import json
 import os
-import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,29 +25,20 @@ from internal_rl.envs.pinpad_expert import PointExpert, PointExpertConfig, rollo
 from internal_rl.envs.point_pinpad import BatchedPointPinpad, PointPinpadConfig, PointPinpadEnv
 from internal_rl.envs.tasks import PINPAD_POSTTRAIN_TASK
 
-
-def best_rate(run: Callable[[], int], seconds: float, repeats: int = 3) -> float:
-    """Largest units/s over `repeats` timings of `run` (which returns the units it did) for ~`seconds` each."""
-    rates = []
-    for _ in range(repeats):
-        units, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            units += run()
-        rates.append(units / (time.perf_counter() - start))
-    return max(rates)
+from timing import best_rate, machine_info
 
 
-def bench_point_batched(batch: int, seconds: float) -> float:
-    env = BatchedPointPinpad(PointPinpadConfig(), batch)
+def bench_batched(env, seconds: float, n_steps: int) -> float:
+    """env steps/s of a batched pinpad env under random actions, resetting envs whose episode ended."""
     env.reset(seed=0)
-    actions = np.random.default_rng(0).uniform(-1, 1, (32, batch, 2))
+    actions = np.random.default_rng(0).uniform(-1, 1, (n_steps, env.num_envs, env.act_dim))
 
     def run() -> int:
         for step_actions in actions:
             env.step(step_actions)
             if env.done.any():
                 env.reset_envs(env.done)
-        return actions.shape[0] * batch
+        return actions.shape[0] * env.num_envs
 
     return best_rate(run, seconds)
 
@@ -65,21 +53,6 @@ def bench_gym_env(env, seconds: float, n_steps: int = 200) -> float:
             if terminated or truncated:
                 env.reset()
         return n_steps
-
-    return best_rate(run, seconds)
-
-
-def bench_ant_batched(batch: int, seconds: float) -> float:
-    env = BatchedAntPinpad(AntPinpadConfig(), batch)
-    env.reset(seed=0)
-    actions = np.random.default_rng(0).uniform(-1, 1, (8, batch, 8))
-
-    def run() -> int:
-        for step_actions in actions:
-            env.step(step_actions)
-            if env.done.any():
-                env.reset_envs(env.done)
-        return actions.shape[0] * batch
 
     return best_rate(run, seconds)
 
@@ -150,10 +123,10 @@ def main() -> None:
         rows.append((name, rate, unit))
         print(f"  {name}: {rate:,.1f} {unit}", file=sys.stderr)
 
-    point_rate = bench_point_batched(batch, seconds)
+    point_rate = bench_batched(BatchedPointPinpad(PointPinpadConfig(), batch), seconds, n_steps=32)
     row(f"BatchedPointPinpad x{batch}, random actions + reset_envs", point_rate, "env steps/s (= physics steps/s)")
     row("PointPinpadEnv (Gymnasium, one env)", bench_gym_env(PointPinpadEnv(), seconds), "env steps/s")
-    ant_rate = bench_ant_batched(ant_batch, seconds)
+    ant_rate = bench_batched(BatchedAntPinpad(AntPinpadConfig(), ant_batch), seconds, n_steps=8)
     row(f"BatchedAntPinpad x{ant_batch}, random actions + reset_envs", ant_rate, "env steps/s")
     row(f"BatchedAntPinpad x{ant_batch}, MuJoCo physics", ant_rate * frame_skip, "physics steps/s")
     row("AntPinpadEnv (Gymnasium, one env)", bench_gym_env(AntPinpadEnv(), seconds), "env steps/s")
@@ -179,14 +152,7 @@ def main() -> None:
         print(f"point expert {name}: success {result['success_rate']:.3f} over {result['episodes']} episodes, "
               f"mean successful length {result['mean_successful_length']:.1f} steps")
     results = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            # Other processes share the cores; a load above the core count deflates every rate.
-            "load_average_1min": os.getloadavg()[0],
-        },
+        "machine": machine_info(),
         "batch": batch,
         "ant_batch": ant_batch,
         "seconds_per_repeat": seconds,

@@ -10,9 +10,10 @@ from internal_rl.common.config import config_from_dict, config_to_dict
 from internal_rl.common.errors import ConfigError
 from internal_rl.models.base_model import BaseModel, BaseModelConfig, load_base_model, save_base_model
 from internal_rl.models.hawk_trunk import HawkTrunkConfig
-from internal_rl.models.hooks import controlled_hook
 from internal_rl.models.transformer import TransformerConfig
 from internal_rl.rl.internal_env import drop_finished, select_sequences
+
+from helpers import check_cached_step_equals_full_forward, check_intervention_is_causal, scaled_model
 
 OBS_DIM = 12
 T = 9
@@ -25,24 +26,12 @@ def tiny_config(trunk: str = "hawk", **changes) -> BaseModelConfig:
 
 
 def tiny_model(seed: int = 0, trunk: str = "hawk", **changes) -> BaseModel:
-    torch.manual_seed(seed)
-    model = BaseModel(tiny_config(trunk, **changes)).eval()
-    # The 0.1-scaled init makes every block nearly the identity (and the conv filter near zero); larger
-    # weights make the equivalence tests below sensitive to any mistake, the conv's time shifts included.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
-    return model
+    # Scaled weights also lift the conv filter off its near-zero init, so the conv's time shifts are tested.
+    return scaled_model(tiny_config(trunk, **changes), seed)
 
 
 def obs_batch(batch: int = 3, steps: int = T, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, steps, OBS_DIM, generator=torch.Generator().manual_seed(seed))
-
-
-def _stepped(model, obs, interventions=None, cache_hooks=()):
-    state = model.init_state(obs.shape[0], obs.shape[1])
-    return [model.step(obs[:, t], state, interventions=interventions, cache_hooks=cache_hooks) for t in range(obs.shape[1])]
 
 
 def test_paper_defaults_and_variance_scaled_init():
@@ -80,22 +69,8 @@ def test_cached_activations_equal_manual_computation():
 def test_intervention_acts_downstream_and_causally():
     model = tiny_model()
     obs = obs_batch()
-    t0, hook = 4, "blocks.1.hook_resid_mid"
-    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(5))
-
-    def kick(x):  # change the residual stream at step t0 only
-        x = x.clone()
-        x[:, t0] += 3.0 * direction
-        return x
-
-    with torch.no_grad():
-        plain = model(obs, cache_hooks=model.hook_names)
-        kicked = model(obs, interventions={hook: kick}, cache_hooks=model.hook_names)
-    assert torch.equal(plain.action_params[:, :t0], kicked.action_params[:, :t0])
-    assert (plain.action_params[:, t0:] - kicked.action_params[:, t0:]).abs().amax(-1).min() > 1e-4
-    order = list(model.hook_names)
-    for name in order[: order.index(hook) + 1]:
-        assert torch.equal(plain.cache[name], kicked.cache[name]), name
+    t0 = 4
+    plain, kicked = check_intervention_is_causal(model, obs, "blocks.1.hook_resid_mid", t0)
     # The MLP after the kicked point sees the kick at t0 only; later blocks carry it forward in time.
     post = "blocks.1.hook_resid_post"
     assert torch.equal(plain.cache[post][:, :t0], kicked.cache[post][:, :t0])
@@ -107,20 +82,7 @@ def test_intervention_acts_downstream_and_causally():
 @pytest.mark.parametrize("with_intervention", [False, True])
 def test_cached_step_equals_full_forward(with_intervention):
     model = tiny_model(action_head="gaussian", action_dim=3, obs_head="gaussian")
-    obs = obs_batch(steps=T)
-    hook = controlled_hook(model.n_layers)
-    interventions = None
-    if with_intervention:
-        u = torch.randn(model.d_model, model.d_model, generator=torch.Generator().manual_seed(3)) * 0.3
-        interventions = {hook: lambda x: x + x @ u}  # the residual-stream controller e + U e
-    with torch.no_grad():
-        full = model(obs, interventions=interventions, cache_hooks=[hook])
-        outs = _stepped(model, obs, interventions, [hook])
-    for name, full_tensor in (("action_params", full.action_params), ("obs_params", full.obs_params)):
-        stepped = torch.cat([getattr(o, name) for o in outs], dim=1)
-        torch.testing.assert_close(stepped, full_tensor, atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.cat([o.cache[hook] for o in outs], 1), full.cache[hook], atol=1e-5, rtol=0)
-    assert outs[0].cache[hook].shape == (3, 1, model.d_model)
+    check_cached_step_equals_full_forward(model, obs_batch(steps=T), with_intervention)
 
 
 def test_step_state_is_refused_when_full_and_a_stateless_pass_starts_at_zero():

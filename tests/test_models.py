@@ -11,6 +11,8 @@ from internal_rl.models.base_model import BaseModel, BaseModelConfig, load_base_
 from internal_rl.models.hooks import HookPoints, all_hook_names, controlled_hook, layer_hook, validate_hook
 from internal_rl.models.transformer import Attention, TransformerConfig, relative_position_bucket
 
+from helpers import check_cached_step_equals_full_forward, check_intervention_is_causal, scaled_model, stepped
+
 OBS_DIM = 12
 T = 9
 
@@ -21,15 +23,7 @@ def tiny_config(**changes) -> BaseModelConfig:
 
 
 def tiny_model(seed: int = 0, **changes) -> BaseModel:
-    torch.manual_seed(seed)
-    model = BaseModel(tiny_config(**changes)).eval()
-    # The paper's 0.1-scaled init makes every block nearly the identity; larger weights make the
-    # equivalence tests below sensitive to any mistake.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
-    return model
+    return scaled_model(tiny_config(**changes), seed)
 
 
 def obs_batch(batch: int = 3, steps: int = T, seed: int = 1) -> torch.Tensor:
@@ -137,24 +131,9 @@ def test_intervention_acts_downstream_and_causally():
     model = tiny_model()
     obs = obs_batch()
     t0, hook = 4, "blocks.2.hook_resid_mid"
-
-    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(5))
-
-    def kick(x):  # change the residual stream at step t0 only (not by a constant: LayerNorm removes that)
-        x = x.clone()
-        x[:, t0] += 3.0 * direction
-        return x
-
-    with torch.no_grad():
-        plain = model(obs, cache_hooks=model.hook_names)
-        kicked = model(obs, interventions={hook: kick}, cache_hooks=model.hook_names)
-    # Outputs: unchanged before t0, changed from t0 on.
-    assert torch.equal(plain.action_params[:, :t0], kicked.action_params[:, :t0])
-    assert (plain.action_params[:, t0:] - kicked.action_params[:, t0:]).abs().amax(-1).min() > 1e-4
-    # Activations: hooks before the intervention are untouched; the cache at the hook holds the value before it.
+    plain, kicked = check_intervention_is_causal(model, obs, hook, t0)
+    # The next hook sees the kick from t0 on only.
     order = list(model.hook_names)
-    for name in order[: order.index(hook) + 1]:
-        assert torch.equal(plain.cache[name], kicked.cache[name]), name
     later = order[order.index(hook) + 1]
     assert torch.equal(plain.cache[later][:, :t0], kicked.cache[later][:, :t0])
     assert not torch.allclose(plain.cache[later][:, t0:], kicked.cache[later][:, t0:])
@@ -175,30 +154,9 @@ def test_outputs_depend_on_past_observations_only():
 # --- KV-cached stepping ---------------------------------------------------------------------------------
 
 
-def _stepped(model, obs, interventions=None, cache_hooks=(), max_len=None):
-    state = model.init_state(obs.shape[0], max_len or obs.shape[1])
-    outs = [model.step(obs[:, t], state, interventions=interventions, cache_hooks=cache_hooks) for t in range(obs.shape[1])]
-    assert state.position == obs.shape[1]
-    return outs
-
-
 @pytest.mark.parametrize("with_intervention", [False, True])
 def test_cached_step_equals_full_forward(with_intervention):
-    model = tiny_model()
-    obs = obs_batch(steps=T)
-    hook = controlled_hook(model.n_layers)
-    interventions = None
-    if with_intervention:
-        u = torch.randn(model.d_model, model.d_model, generator=torch.Generator().manual_seed(3)) * 0.3
-        interventions = {hook: lambda x: x + x @ u}  # the residual-stream controller e + U e
-    with torch.no_grad():
-        full = model(obs, interventions=interventions, cache_hooks=[hook])
-        outs = _stepped(model, obs, interventions, [hook], max_len=T + 5)
-    for name, full_tensor in (("action_params", full.action_params), ("obs_params", full.obs_params)):
-        stepped = torch.cat([getattr(o, name) for o in outs], dim=1)
-        torch.testing.assert_close(stepped, full_tensor, atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.cat([o.cache[hook] for o in outs], 1), full.cache[hook], atol=1e-5, rtol=0)
-    assert outs[0].cache[hook].shape == (3, 1, model.d_model)
+    check_cached_step_equals_full_forward(tiny_model(), obs_batch(steps=T), with_intervention, max_len=T + 5)
 
 
 def test_cached_step_beyond_bucket_range_and_overflow():
@@ -207,7 +165,7 @@ def test_cached_step_beyond_bucket_range_and_overflow():
     obs = obs_batch(batch=2, steps=20)  # max_distance is 16
     with torch.no_grad():
         full = model(obs)
-        outs = _stepped(model, obs)
+        outs = stepped(model, obs)
         torch.testing.assert_close(torch.cat([o.action_params for o in outs], 1), full.action_params, atol=1e-5, rtol=0)
         state = model.init_state(2, 1)
         model.step(obs[:, 0], state)
@@ -222,7 +180,7 @@ def test_gaussian_heads_step_and_distribution():
     obs = obs_batch()
     with torch.no_grad():
         full = model(obs)
-        outs = _stepped(model, obs)
+        outs = stepped(model, obs)
     torch.testing.assert_close(torch.cat([o.action_params for o in outs], 1), full.action_params, atol=1e-5, rtol=0)
     dist = model.action_distribution(full.action_params)
     assert dist.batch_shape == (3, T) and dist.event_shape == (3,)

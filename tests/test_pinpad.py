@@ -310,3 +310,11 @@ def test_render_and_gif(tmp_path) -> None:
         assert gif.n_frames == len(frames)
     with pytest.raises(ConfigError, match=".gif"):
         write_gif(frames, tmp_path / "episode.mp4")
+
+
+def test_resetting_no_env_changes_nothing():
+    env = BatchedPointPinpad(PointPinpadConfig(), 3)
+    env.reset(seed=0)
+    before = (env.observations().copy(), env.rng.bit_generator.state)
+    env.reset_envs(np.zeros(3, dtype=bool))
+    assert np.array_equal(env.observations(), before[0]) and env.rng.bit_generator.state == before[1]

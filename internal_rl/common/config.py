@@ -45,6 +45,12 @@ def replace(config: C, **changes: Any) -> C:
     return dataclasses.replace(config, **changes)
 
 
+def with_overrides(config: C | None, default: type[C], overrides: dict[str, Any]) -> C:
+    """`config` (or `default()` if None) with the fields in `overrides` replaced, as environments take them."""
+    config = config if config is not None else default()
+    return replace(config, **overrides) if overrides else config
+
+
 def save_json(path: Path, obj: Any) -> None:
     """Write `obj` as indented JSON atomically (write to a temporary file, then rename)."""
     path = Path(path)

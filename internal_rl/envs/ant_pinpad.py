@@ -28,7 +28,6 @@ OpenGL context can be made, `render` falls back to the top-down picture of `pinp
 """
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,19 +40,20 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from internal_rl.common.config import replace
+from internal_rl.common.config import with_overrides
 from internal_rl.common.errors import ConfigError
+from internal_rl.envs.gridworld import check_render_mode
 from internal_rl.envs.pinpad import (
     COLOUR_RGB,
     FLOOR_RGB,
     WALL_RGB,
     PinpadBatchState,
     PinpadConfig,
-    PinpadLogic,
     cell_centres,
     check_positive_float,
     check_positive_int,
     render_topdown,
+    single_env_info,
     symlog,
 )
 from internal_rl.envs.point_pinpad import check_actions, reset_kwargs
@@ -136,11 +136,10 @@ class BatchedAntPinpad(PinpadBatchState):
 
     act_dim = ACT_DIM
 
+    config: AntPinpadConfig
+
     def __init__(self, config: AntPinpadConfig, num_envs: int):
-        self.config = config
-        self.logic = PinpadLogic(config, num_envs)
-        self.num_envs = self.logic.num_envs
-        self.rng = np.random.default_rng()
+        super().__init__(config, num_envs)
         self.model = mujoco.MjModel.from_xml_string(ant_pinpad_xml(config))
         self.data = [mujoco.MjData(self.model) for _ in range(self.num_envs)]
         self._tiles = np.array(
@@ -149,43 +148,12 @@ class BatchedAntPinpad(PinpadBatchState):
         self._renderer: Any = None
 
     @property
-    def done(self) -> np.ndarray:
-        return self.logic.done
-
-    def target(self) -> np.ndarray:
-        return self.logic.target()
-
-    @property
     def xy(self) -> np.ndarray:
         """Torso (x, y) per env, float64 [N, 2]."""
         return np.array([d.qpos[:2] for d in self.data])
 
-    def reset(
-        self,
-        seed: int | None = None,
-        tasks: Sequence[Sequence[int]] | None = None,
-        *,
-        layouts: np.ndarray | None = None,
-        start_cells: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Start a new episode in every env; returns observations float32 [N, 41]."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        all_envs = np.ones(self.num_envs, dtype=bool)
-        self.reset_envs(all_envs, tasks, layouts=layouts, start_cells=start_cells)
-        return self.observations()
-
-    def reset_envs(
-        self,
-        env_mask: np.ndarray,
-        tasks: Sequence[Sequence[int]] | None = None,
-        *,
-        layouts: np.ndarray | None = None,
-        start_cells: np.ndarray | None = None,
-    ) -> None:
-        """Start new episodes where `env_mask` [N] is True (draws: layout, task, start noise, yaw, joints)."""
-        mask = np.array(env_mask, dtype=bool)  # a copy: callers pass `done`, which the reset rewrites
-        start = self.logic.reset_envs(mask, self.rng, tasks, layouts=layouts, start_cells=start_cells)
+    def _place_bodies(self, mask: np.ndarray, start: np.ndarray) -> None:
+        """Draws, after the task's: yaw, joint positions, joint velocities."""
         ids = np.flatnonzero(mask)
         k, noise = len(ids), self.config.reset_noise
         yaw = self.rng.uniform(-np.pi, np.pi, size=k)
@@ -269,11 +237,8 @@ class AntPinpadEnv(gymnasium.Env):
         self, config: AntPinpadConfig | None = None, render_mode: str | None = None, camera: str = "overview",
         **overrides: Any,
     ):
-        config = config if config is not None else AntPinpadConfig()
-        if overrides:
-            config = replace(config, **overrides)
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ConfigError(f"unknown render_mode {render_mode!r}; valid: {self.metadata['render_modes']}")
+        config = with_overrides(config, AntPinpadConfig, overrides)
+        check_render_mode(render_mode, self.metadata)
         if camera not in ("overview", "top", "track"):
             raise ConfigError(f"unknown camera {camera!r}; valid: ['overview', 'top', 'track']")
         self.config = config
@@ -303,14 +268,5 @@ class AntPinpadEnv(gymnasium.Env):
         self.batch.close()
 
     def _info(self, step_info: dict[str, np.ndarray]) -> dict[str, Any]:
-        logic = self.batch.logic
-        task = tuple(int(c) for c in logic.tasks[0, : logic.task_lengths[0]])
-        return {
-            "task": task,
-            "progress": int(logic.progress[0]),
-            "target": int(logic.target()[0]),
-            "visited": int(step_info["visited"][0]),
-            "cell": tuple(int(v) for v in logic.cells[0]),
-            "xy": self.batch.data[0].qpos[:2].copy(),
-            "torso_height": float(self.batch.data[0].qpos[2]),
-        }
+        info = single_env_info(self.batch.logic, step_info, self.batch.data[0].qpos[:2].copy())
+        return {**info, "torso_height": float(self.batch.data[0].qpos[2])}

@@ -21,7 +21,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from internal_rl.common.config import replace
+from internal_rl.common.config import with_overrides
 from internal_rl.common.errors import ConfigError
 from internal_rl.envs.gridworld import (
     EMPTY,
@@ -50,7 +50,104 @@ def tasks_to_array(tasks: Sequence[Sequence[int]], n_colours: int, width: int = 
     return array, lengths
 
 
-class BatchedGridWorld:
+class EpisodeBatch:
+    """Task progress of N pinpad episodes, shared by the batched grid world and the continuous pinpads.
+
+    Public state (read it, don't write it): `tasks` int8 [N, Lmax] (-1 padded), `task_lengths` int64 [N],
+    `task_ids` int64 [N] (index into config.tasks, -1 for a task given to a reset), `progress` int64 [N]
+    colours completed, `t` int64 [N] steps taken, `terminated` / `truncated` / `done` bool [N]. Each
+    environment's step rules update these; this class starts episodes and reads the next colour.
+    """
+
+    def __init__(self, config: Any, num_envs: int):
+        # `config` is a GridWorldConfig or a PinpadConfig: both have `tasks`, `n_colours`, `max_task_length`.
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        self.config = config
+        self.num_envs = n = int(num_envs)
+        self._env_ids = np.arange(n)
+        self._config_tasks, self._config_task_lengths = tasks_to_array(config.tasks, config.n_colours)
+        self.tasks = np.full((n, config.max_task_length), -1, dtype=np.int8)
+        self.task_lengths = np.ones(n, dtype=np.int64)
+        self.task_ids = np.full(n, -1, dtype=np.int64)
+        self.progress = np.zeros(n, dtype=np.int64)
+        self.t = np.zeros(n, dtype=np.int64)
+        self.terminated = np.zeros(n, dtype=bool)
+        self.truncated = np.zeros(n, dtype=bool)
+        self.done = np.ones(n, dtype=bool)  # nothing to step until the first reset
+
+    def target(self) -> np.ndarray:
+        """The next colour to visit per env, int64 [N]; -1 once the episode is over."""
+        return np.where(self.done, -1, self._current_targets())
+
+    def _selected_envs(self, env_mask: np.ndarray) -> np.ndarray:
+        """The indices of the envs where `env_mask` [N] is True, refusing a mask of the wrong shape."""
+        env_mask = np.asarray(env_mask, dtype=bool)
+        if env_mask.shape != (self.num_envs,):
+            raise ConfigError(f"env_mask must have shape ({self.num_envs},), got {env_mask.shape}")
+        return np.flatnonzero(env_mask)
+
+    def _start_episodes(
+        self, ids: np.ndarray, rng: np.random.Generator, tasks: Sequence[Sequence[int]] | None
+    ) -> None:
+        """Give envs `ids` new tasks (`tasks`, one per env, else drawn from config.tasks with `rng`) and clear
+        their progress, step count and end flags."""
+        k = len(ids)
+        if tasks is None:
+            task_ids = sample_task_indices(rng, k, self.config)
+            new_tasks, new_lengths = self._config_tasks[task_ids], self._config_task_lengths[task_ids]
+        else:
+            if isinstance(tasks, (str, bytes)) or len(tasks) != k:
+                raise ConfigError(f"expected {k} tasks (one per env), got {tasks!r}")
+            new_tasks, new_lengths = tasks_to_array(tasks, self.config.n_colours)
+            task_ids = -1
+        if new_tasks.shape[1] > self.tasks.shape[1]:
+            wider = np.full((self.num_envs, new_tasks.shape[1]), -1, dtype=np.int8)
+            wider[:, : self.tasks.shape[1]] = self.tasks
+            self.tasks = wider
+        self.tasks[ids] = -1
+        self.tasks[ids, : new_tasks.shape[1]] = new_tasks
+        self.task_lengths[ids] = new_lengths
+        self.task_ids[ids] = task_ids
+        self.t[ids] = 0
+        self.progress[ids] = 0
+        self.terminated[ids] = False
+        self.truncated[ids] = False
+        self.done[ids] = False
+
+    def _current_targets(self) -> np.ndarray:
+        # A finished env (progress == task length) reads the -1 padding or, for the longest task, the next
+        # row ('clip' keeps the last env in bounds); finished envs are done, so the value is never used.
+        width = self.tasks.shape[1]
+        return self.tasks.ravel().take(self._env_ids * width + self.progress, mode="clip").astype(np.int64)
+
+
+def draw_layouts(
+    rng: np.random.Generator,
+    k: int,
+    config: GridWorldConfig,
+    layouts: np.ndarray | None,
+    starts: np.ndarray | None,
+    starts_name: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Layouts int8 [k, G, G] and start cells int64 [k, 2] for k new episodes.
+
+    Given `layouts` are checked, and so are given `starts` (else drawn on those layouts); without layouts
+    both are sampled. `starts_name` is the caller's name for the start cells, for the error message.
+    """
+    if layouts is not None:
+        new_layouts = validate_layouts(layouts, config)
+        if len(new_layouts) != k:
+            raise ConfigError(f"expected {k} layouts, got {len(new_layouts)}")
+        if starts is None:
+            return new_layouts, sample_agent_positions(rng, new_layouts)
+        return new_layouts, validate_agent_positions(starts, new_layouts)
+    if starts is not None:
+        raise ConfigError(f"{starts_name} needs layouts too")
+    return sample_layouts(rng, k, config)
+
+
+class BatchedGridWorld(EpisodeBatch):
     """N gridworld-pinpad environments in numpy arrays (no autoreset; done envs stay frozen).
 
     Public state (read it, don't write it; `agent_pos` is computed on access):
@@ -61,10 +158,8 @@ class BatchedGridWorld:
     """
 
     def __init__(self, config: GridWorldConfig, num_envs: int):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
-        self.config = config
-        self.num_envs = n = int(num_envs)
+        super().__init__(config, num_envs)
+        n = self.num_envs
         size = config.size
         self._width = width = size + 2  # padded grid side
         self._n_cells = width * width
@@ -77,21 +172,11 @@ class BatchedGridWorld:
         agent_channel = ((rows - 1) * size + (cols - 1)) * config.n_channels + config.n_channels - 1
         self._agent_channel = np.where(interior, agent_channel, 0)
         self._interior = np.flatnonzero(interior)  # padded index of grid cell r*G + c
-        self._env_ids = np.arange(n)
         self._cell_offsets = self._env_ids * self._n_cells
         self._obs_offsets = self._env_ids * config.obs_dim
-        self._config_tasks, self._config_task_lengths = tasks_to_array(config.tasks, config.n_colours)
 
         self.rng = np.random.default_rng()
         self.layouts = np.full((n, size, size), EMPTY, dtype=np.int8)
-        self.t = np.zeros(n, dtype=np.int64)
-        self.progress = np.zeros(n, dtype=np.int64)
-        self.tasks = np.full((n, config.max_task_length), -1, dtype=np.int8)
-        self.task_lengths = np.ones(n, dtype=np.int64)
-        self.task_ids = np.full(n, -1, dtype=np.int64)
-        self.terminated = np.zeros(n, dtype=bool)
-        self.truncated = np.zeros(n, dtype=bool)
-        self.done = np.ones(n, dtype=bool)  # nothing to step until the first reset
         self._cells = np.full((n, self._n_cells), self._wall_code, dtype=np.int8)  # padded layouts
         self._pos = np.zeros(n, dtype=np.int64)  # flat padded agent position
         self._obs = np.zeros((n, config.obs_dim), dtype=np.float32)
@@ -132,51 +217,17 @@ class BatchedGridWorld:
 
         `tasks`, `layouts` and `agent_pos`, if given, hold one entry per selected env.
         """
-        env_mask = np.asarray(env_mask, dtype=bool)
-        if env_mask.shape != (self.num_envs,):
-            raise ConfigError(f"env_mask must have shape ({self.num_envs},), got {env_mask.shape}")
-        ids = np.flatnonzero(env_mask)
+        ids = self._selected_envs(env_mask)
         k = len(ids)
         if k == 0:
             return
         config = self.config
-        if layouts is not None:
-            new_layouts = validate_layouts(layouts, config)
-            if len(new_layouts) != k:
-                raise ConfigError(f"expected {k} layouts, got {len(new_layouts)}")
-            if agent_pos is None:
-                new_pos = sample_agent_positions(self.rng, new_layouts)
-            else:
-                new_pos = validate_agent_positions(agent_pos, new_layouts)
-        elif agent_pos is not None:
-            raise ConfigError("agent_pos needs layouts too")
-        else:
-            new_layouts, new_pos = sample_layouts(self.rng, k, config)
-        if tasks is None:
-            task_ids = sample_task_indices(self.rng, k, config)
-            new_tasks, new_lengths = self._config_tasks[task_ids], self._config_task_lengths[task_ids]
-        else:
-            if isinstance(tasks, (str, bytes)) or len(tasks) != k:
-                raise ConfigError(f"expected {k} tasks (one per env), got {tasks!r}")
-            new_tasks, new_lengths = tasks_to_array(tasks, config.n_colours)
-            task_ids = -1
-        if new_tasks.shape[1] > self.tasks.shape[1]:
-            wider = np.full((self.num_envs, new_tasks.shape[1]), -1, dtype=np.int8)
-            wider[:, : self.tasks.shape[1]] = self.tasks
-            self.tasks = wider
-        self.tasks[ids] = -1
-        self.tasks[ids, : new_tasks.shape[1]] = new_tasks
-        self.task_lengths[ids] = new_lengths
-        self.task_ids[ids] = task_ids
+        new_layouts, new_pos = draw_layouts(self.rng, k, config, layouts, agent_pos, "agent_pos")
+        self._start_episodes(ids, self.rng, tasks)
 
         self.layouts[ids] = new_layouts
         self._cells[ids[:, None], self._interior[None, :]] = new_layouts.reshape(k, -1)
         self._pos[ids] = (new_pos[:, 0] + 1) * self._width + new_pos[:, 1] + 1
-        self.t[ids] = 0
-        self.progress[ids] = 0
-        self.terminated[ids] = False
-        self.truncated[ids] = False
-        self.done[ids] = False
 
         # The layout code of an object is its observation channel.
         obs = np.zeros((k, config.size * config.size, config.n_channels), dtype=np.float32)
@@ -235,19 +286,9 @@ class BatchedGridWorld:
         obs = self._obs.copy() if with_obs else None
         return obs, success.astype(np.float32), self.terminated.copy(), self.truncated.copy(), info
 
-    def target(self) -> np.ndarray:
-        """The next colour to visit per env, int64 [N]; -1 once the episode is over."""
-        return np.where(self.done, -1, self._current_targets())
-
     def observations(self, dtype: type = np.float32) -> np.ndarray:
         """A fresh copy of the current observations [N, obs_dim] (e.g. `dtype=np.uint8` for storage)."""
         return self._obs.astype(dtype)
-
-    def _current_targets(self) -> np.ndarray:
-        # A finished env (progress == task length) reads the -1 padding or, for the longest task, the next
-        # row ('clip' keeps the last env in bounds); finished envs are done, so the value is never used.
-        width = self.tasks.shape[1]
-        return self.tasks.ravel().take(self._env_ids * width + self.progress, mode="clip").astype(np.int64)
 
 
 class GridWorldVectorEnv(gymnasium.vector.VectorEnv):
@@ -269,9 +310,7 @@ class GridWorldVectorEnv(gymnasium.vector.VectorEnv):
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         **overrides: Any,
     ):
-        self.config = config if config is not None else GridWorldConfig()
-        if overrides:
-            self.config = replace(self.config, **overrides)
+        self.config = with_overrides(config, GridWorldConfig, overrides)
         self.env = BatchedGridWorld(self.config, num_envs)
         self.num_envs = self.env.num_envs
         try:

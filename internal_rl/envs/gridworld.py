@@ -23,7 +23,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from internal_rl.common.config import replace
+from internal_rl.common.config import with_overrides
 from internal_rl.common.errors import ConfigError
 from internal_rl.envs.tasks import GRID_PRETRAIN_TASKS, Task, validate_task
 
@@ -168,6 +168,12 @@ def validate_agent_positions(agent_pos: Any, layouts: np.ndarray) -> np.ndarray:
     return pos
 
 
+def check_render_mode(render_mode: str | None, metadata: dict[str, Any]) -> None:
+    """Refuse a `render_mode` that the environment's `metadata` does not list."""
+    if render_mode not in (None, *metadata["render_modes"]):
+        raise ConfigError(f"unknown render_mode {render_mode!r}; valid: {metadata['render_modes']}")
+
+
 def render_ansi(layout: np.ndarray, agent_pos: tuple[int, int], n_colours: int) -> str:
     """Text picture of a layout: '.' empty, digits colours, '#' walls, '@' the agent."""
     rows = []
@@ -199,11 +205,8 @@ class GridWorldEnv(gymnasium.Env):
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, config: GridWorldConfig | None = None, render_mode: str | None = None, **overrides: Any):
-        config = config if config is not None else GridWorldConfig()
-        if overrides:
-            config = replace(config, **overrides)
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ConfigError(f"unknown render_mode {render_mode!r}; valid: {self.metadata['render_modes']}")
+        config = with_overrides(config, GridWorldConfig, overrides)
+        check_render_mode(render_mode, self.metadata)
         self.config = config
         self.render_mode = render_mode
         self.observation_space = spaces.Box(0.0, 1.0, (config.obs_dim,), dtype=np.float32)

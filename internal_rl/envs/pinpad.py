@@ -33,16 +33,9 @@ from typing import Any
 import numpy as np
 
 from internal_rl.common.errors import ConfigError
-from internal_rl.envs.batched_gridworld import tasks_to_array
+from internal_rl.envs.batched_gridworld import EpisodeBatch, draw_layouts
 from internal_rl.envs.expert import distance_maps
-from internal_rl.envs.gridworld import (
-    EMPTY,
-    GridWorldConfig,
-    sample_agent_positions,
-    sample_layouts,
-    validate_agent_positions,
-    validate_layouts,
-)
+from internal_rl.envs.gridworld import EMPTY, GridWorldConfig
 from internal_rl.envs.tasks import PINPAD_PRETRAIN_TASKS, Task, validate_task
 
 # Unit (x, y) vector of each grid move, in the grid world's action order: 0 up (+y), 1 right (+x),
@@ -215,7 +208,7 @@ def solvable(layouts: np.ndarray, start_cells: np.ndarray, tasks: np.ndarray, co
     return ok
 
 
-class PinpadLogic:
+class PinpadLogic(EpisodeBatch):
     """The task bookkeeping of N continuous-pinpad episodes (no physics, no autoreset).
 
     Public state (read it, don't write it): `layouts` int8 [N, G, G], `cells` int64 [N, 2] the (row, col)
@@ -226,24 +219,13 @@ class PinpadLogic:
     """
 
     def __init__(self, config: PinpadConfig, num_envs: int):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
-        self.config = config
-        self.num_envs = n = int(num_envs)
+        super().__init__(config, num_envs)
+        n = self.num_envs
         self._grid = config.grid_config()
-        self._config_tasks, self._config_task_lengths = tasks_to_array(config.tasks, config.n_colours)
         n_objects = config.n_colours + config.n_walls
         self.layouts = np.full((n, config.size, config.size), EMPTY, dtype=np.int8)
         self.cells = np.zeros((n, 2), dtype=np.int64)
         self.object_xy = np.zeros((n, n_objects, 2))
-        self.tasks = np.full((n, config.max_task_length), -1, dtype=np.int8)
-        self.task_lengths = np.ones(n, dtype=np.int64)
-        self.task_ids = np.full(n, -1, dtype=np.int64)
-        self.progress = np.zeros(n, dtype=np.int64)
-        self.t = np.zeros(n, dtype=np.int64)
-        self.terminated = np.zeros(n, dtype=bool)
-        self.truncated = np.zeros(n, dtype=bool)
-        self.done = np.ones(n, dtype=bool)  # nothing to step until the first reset
         self.success = np.zeros(n, dtype=bool)
 
     def reset_envs(
@@ -261,40 +243,11 @@ class PinpadLogic:
         task indices (unless `tasks` is given), start noise. `tasks`, `layouts` [k, G, G] and
         `start_cells` [k, 2] hold one entry per selected env.
         """
-        env_mask = np.array(env_mask, dtype=bool)  # a copy: callers pass `done`, which this rewrites
-        if env_mask.shape != (self.num_envs,):
-            raise ConfigError(f"env_mask must have shape ({self.num_envs},), got {env_mask.shape}")
-        ids = np.flatnonzero(env_mask)
+        ids = self._selected_envs(env_mask)
         k = len(ids)
         config = self.config
-        if layouts is not None:
-            new_layouts = validate_layouts(layouts, self._grid)
-            if len(new_layouts) != k:
-                raise ConfigError(f"expected {k} layouts, got {len(new_layouts)}")
-            if start_cells is None:
-                new_cells = sample_agent_positions(rng, new_layouts)
-            else:
-                new_cells = validate_agent_positions(start_cells, new_layouts)
-        elif start_cells is not None:
-            raise ConfigError("start_cells needs layouts too")
-        else:
-            new_layouts, new_cells = sample_layouts(rng, k, self._grid)
-        if tasks is None:
-            task_ids = rng.integers(len(config.tasks), size=k)
-            new_tasks, new_lengths = self._config_tasks[task_ids], self._config_task_lengths[task_ids]
-        else:
-            if isinstance(tasks, (str, bytes)) or len(tasks) != k:
-                raise ConfigError(f"expected {k} tasks (one per env), got {tasks!r}")
-            new_tasks, new_lengths = tasks_to_array(tasks, config.n_colours)
-            task_ids = -1
-        if new_tasks.shape[1] > self.tasks.shape[1]:
-            wider = np.full((self.num_envs, new_tasks.shape[1]), -1, dtype=np.int8)
-            wider[:, : self.tasks.shape[1]] = self.tasks
-            self.tasks = wider
-        self.tasks[ids] = -1
-        self.tasks[ids, : new_tasks.shape[1]] = new_tasks
-        self.task_lengths[ids] = new_lengths
-        self.task_ids[ids] = task_ids
+        new_layouts, new_cells = draw_layouts(rng, k, self._grid, layouts, start_cells, "start_cells")
+        self._start_episodes(ids, rng, tasks)
 
         self.layouts[ids] = new_layouts
         self.cells[ids] = new_cells
@@ -303,22 +256,11 @@ class PinpadLogic:
         n_objects = config.n_colours + config.n_walls
         where = np.argmax(flat[:, None, :] == np.arange(n_objects, dtype=np.int8)[None, :, None], axis=2)  # [k, O+W]
         self.object_xy[ids] = cell_centres(where // config.size, where % config.size, config)
-        self.progress[ids] = 0
-        self.t[ids] = 0
-        self.terminated[ids] = False
-        self.truncated[ids] = False
-        self.done[ids] = False
         self.success[ids] = False
         noise = rng.uniform(-1.0, 1.0, size=(k, 2)) * config.start_noise * config.cell_size / 2
         # Stay strictly inside the start cell, whatever the noise.
         limit = config.cell_size / 2 * (1 - 1e-6)
         return cell_centres(new_cells[:, 0], new_cells[:, 1], config) + np.clip(noise, -limit, limit)
-
-    def target(self) -> np.ndarray:
-        """The next colour of each env's task, int64 [N]; -1 once the episode is over."""
-        index = np.minimum(self.progress, self.tasks.shape[1] - 1)
-        colours = self.tasks[np.arange(self.num_envs), index].astype(np.int64)
-        return np.where(self.done, -1, colours)
 
     def update(self, xy: np.ndarray, failed: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Apply the rules after the bodies moved to `xy` [N, 2]; `failed` [N] flags extra failures.
@@ -364,10 +306,61 @@ class PinpadLogic:
 
 
 class PinpadBatchState:
-    """The episode bookkeeping of a batched pinpad env (`self.logic`), under the names `BatchedGridWorld`
-    uses, so that code driving batched environments (rollouts, RL) treats every env alike."""
+    """What the batched pinpad envs share: the episode bookkeeping (`self.logic`) under the names
+    `BatchedGridWorld` uses, so that code driving batched environments (rollouts, RL) treats every env
+    alike, and the resets, which leave placing the bodies to each env's `_place_bodies`."""
 
-    logic: PinpadLogic
+    def __init__(self, config: PinpadConfig, num_envs: int):
+        self.config = config
+        self.logic = PinpadLogic(config, num_envs)
+        self.num_envs = self.logic.num_envs
+        self.rng = np.random.default_rng()
+
+    def reset(
+        self,
+        seed: int | None = None,
+        tasks: Sequence[Sequence[int]] | None = None,
+        *,
+        layouts: np.ndarray | None = None,
+        start_cells: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Start a new episode in every env; returns observations float32 [N, obs_dim]."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        all_envs = np.ones(self.num_envs, dtype=bool)
+        self.reset_envs(all_envs, tasks, layouts=layouts, start_cells=start_cells)
+        return self.observations()
+
+    def reset_envs(
+        self,
+        env_mask: np.ndarray,
+        tasks: Sequence[Sequence[int]] | None = None,
+        *,
+        layouts: np.ndarray | None = None,
+        start_cells: np.ndarray | None = None,
+    ) -> None:
+        """Start new episodes where `env_mask` [N] is True, drawing from `self.rng` (see `PinpadLogic.reset_envs`
+        for the task's draws; the body's own draws follow)."""
+        mask = np.array(env_mask, dtype=bool)  # a copy: callers pass `done`, which the reset rewrites
+        if not mask.any():  # nothing to start (as in the grid world): draw nothing
+            return
+        start = self.logic.reset_envs(mask, self.rng, tasks, layouts=layouts, start_cells=start_cells)
+        self._place_bodies(mask, start)
+
+    def _place_bodies(self, mask: np.ndarray, start: np.ndarray) -> None:
+        """Put the bodies of the envs in `mask` [N] at their start positions `start` [k, 2]."""
+        raise NotImplementedError
+
+    def observations(self) -> np.ndarray:
+        """float32 [N, obs_dim]: the body's own observation, then the pinpad features."""
+        raise NotImplementedError
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.logic.done
+
+    def target(self) -> np.ndarray:
+        return self.logic.target()
 
     @property
     def terminated(self) -> np.ndarray:
@@ -392,6 +385,20 @@ class PinpadBatchState:
     @property
     def t(self) -> np.ndarray:
         return self.logic.t
+
+
+def single_env_info(logic: PinpadLogic, step_info: dict[str, np.ndarray], xy: np.ndarray) -> dict[str, Any]:
+    """The Gymnasium info of a batch of one at body position `xy`: "task", "progress", "target", "visited"
+    (from `step_info`, the batch's step info), "cell" ((row, col)) and "xy"."""
+    task = tuple(int(c) for c in logic.tasks[0, : logic.task_lengths[0]])
+    return {
+        "task": task,
+        "progress": int(logic.progress[0]),
+        "target": int(logic.target()[0]),
+        "visited": int(step_info["visited"][0]),
+        "cell": tuple(int(v) for v in logic.cells[0]),
+        "xy": xy,
+    }
 
 
 def symlog(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ pinpad features (14: normalised position, relative cell positions, local cell co
 `PointPinpadEnv` is the Gymnasium environment, a batch of one, so both follow the same code.
 """
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +27,15 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from internal_rl.common.config import replace
+from internal_rl.common.config import with_overrides
 from internal_rl.common.errors import ConfigError
+from internal_rl.envs.gridworld import check_render_mode
 from internal_rl.envs.pinpad import (
     PinpadBatchState,
     PinpadConfig,
-    PinpadLogic,
     check_positive_float,
     render_topdown,
+    single_env_info,
     symlog,
 )
 
@@ -84,47 +84,15 @@ class BatchedPointPinpad(PinpadBatchState):
 
     act_dim = 2
 
+    config: PointPinpadConfig
+
     def __init__(self, config: PointPinpadConfig, num_envs: int):
-        self.config = config
-        self.logic = PinpadLogic(config, num_envs)
-        self.num_envs = self.logic.num_envs
-        self.rng = np.random.default_rng()
+        super().__init__(config, num_envs)
         self.pos = np.zeros((self.num_envs, 2))
         self.vel = np.zeros((self.num_envs, 2))
 
-    @property
-    def done(self) -> np.ndarray:
-        return self.logic.done
-
-    def target(self) -> np.ndarray:
-        return self.logic.target()
-
-    def reset(
-        self,
-        seed: int | None = None,
-        tasks: Sequence[Sequence[int]] | None = None,
-        *,
-        layouts: np.ndarray | None = None,
-        start_cells: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Start a new episode in every env; returns observations float32 [N, obs_dim]."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        all_envs = np.ones(self.num_envs, dtype=bool)
-        self.reset_envs(all_envs, tasks, layouts=layouts, start_cells=start_cells)
-        return self.observations()
-
-    def reset_envs(
-        self,
-        env_mask: np.ndarray,
-        tasks: Sequence[Sequence[int]] | None = None,
-        *,
-        layouts: np.ndarray | None = None,
-        start_cells: np.ndarray | None = None,
-    ) -> None:
-        """Start new episodes where `env_mask` [N] is True (at rest, somewhere in a random start cell)."""
-        mask = np.array(env_mask, dtype=bool)  # a copy: callers pass `done`, which the reset rewrites
-        start = self.logic.reset_envs(mask, self.rng, tasks, layouts=layouts, start_cells=start_cells)
+    def _place_bodies(self, mask: np.ndarray, start: np.ndarray) -> None:
+        """At rest, somewhere in a random start cell."""
         self.pos[mask] = start
         self.vel[mask] = 0.0
 
@@ -173,11 +141,8 @@ class PointPinpadEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, config: PointPinpadConfig | None = None, render_mode: str | None = None, **overrides: Any):
-        config = config if config is not None else PointPinpadConfig()
-        if overrides:
-            config = replace(config, **overrides)
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ConfigError(f"unknown render_mode {render_mode!r}; valid: {self.metadata['render_modes']}")
+        config = with_overrides(config, PointPinpadConfig, overrides)
+        check_render_mode(render_mode, self.metadata)
         self.config = config
         self.render_mode = render_mode
         self.batch = BatchedPointPinpad(config, 1)
@@ -208,16 +173,7 @@ class PointPinpadEnv(gymnasium.Env):
         return None
 
     def _info(self, step_info: dict[str, np.ndarray]) -> dict[str, Any]:
-        logic = self.batch.logic
-        task = tuple(int(c) for c in logic.tasks[0, : logic.task_lengths[0]])
-        return {
-            "task": task,
-            "progress": int(logic.progress[0]),
-            "target": int(logic.target()[0]),
-            "visited": int(step_info["visited"][0]),
-            "cell": tuple(int(v) for v in logic.cells[0]),
-            "xy": self.batch.pos[0].copy(),
-        }
+        return single_env_info(self.batch.logic, step_info, self.batch.pos[0].copy())
 
 
 def reset_kwargs(options: dict[str, Any] | None) -> dict[str, Any]:
