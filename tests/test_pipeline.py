@@ -53,7 +53,7 @@ def test_reproduce_refuses_another_preset_on_the_same_folder(tmp_path, capsys):
 
 def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "huge"]) == 2
-    assert "valid: ['full', 'quick']" in capsys.readouterr().err
+    assert "valid: ['full', 'long', 'quick']" in capsys.readouterr().err
 
 
 POINT_TINY = dataclasses.replace(
