@@ -56,7 +56,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _rl(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
-    from internal_rl.rl.training import run_rl_seeds
+    from internal_rl.rl.training import posttrain_task_of_run, run_rl_seeds
 
     workers = None
     if _on_ray(args):
@@ -66,7 +66,7 @@ def _rl(args: argparse.Namespace) -> None:
     results = run_rl_seeds(
         args.method,
         Path(args.run),
-        parse_task(args.task),
+        parse_task(args.task) if args.task else posttrain_task_of_run(Path(args.run)),
         args.seeds,
         args.preset,
         episodes=args.episodes,
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL or the no-switch ablation")
     p.add_argument("--run", required=True, help="run folder (pretrain/, metacontroller/, metacontroller-no-switch/)")
     p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch"])
-    p.add_argument("--task", default="0-1-2-3-4-5-6-7-0-1-2-3", help="colours to visit in order (default: the paper's)")
+    p.add_argument("--task", default=None, help="colours to visit in order (default: the run's environment's post-training task)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, run one after another")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--preset", choices=["quick", "paper"], default="quick")

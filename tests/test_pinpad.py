@@ -318,3 +318,8 @@ def test_resetting_no_env_changes_nothing():
     before = (env.observations().copy(), env.rng.bit_generator.state)
     env.reset_envs(np.zeros(3, dtype=bool))
     assert np.array_equal(env.observations(), before[0]) and env.rng.bit_generator.state == before[1]
+
+
+def test_unstable_point_dynamics_are_refused():
+    with pytest.raises(ConfigError, match="dt \\* damping = 1.75; expected < 1"):
+        PointPinpadConfig(dt=0.5, damping=3.5)

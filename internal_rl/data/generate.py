@@ -22,11 +22,9 @@ from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset, check_writable, save_dataset
-from internal_rl.envs.registry import ENVS as ENV_SPECS
 from internal_rl.envs.registry import env_spec
 from internal_rl.envs.tasks import Task, subgoal_of_colour, validate_task
 
-ENVS = tuple(ENV_SPECS)
 
 # Give up when the expert succeeds this rarely: generation would not finish in reasonable time.
 _MIN_SUCCESS_RATE = 0.01

@@ -20,7 +20,7 @@ MAX_RETRIES = 3  # re-runs of a chunk whose worker died
 
 
 def ray_map_chunks(workers: int | None = None) -> MapChunks:
-    """A `MapChunks` that runs each chunk as a Ray task, at most `workers` at a time (default: all CPUs).
+    """A `MapChunks` that runs each chunk as a Ray task, keeping `workers` + 1 in flight (default: all CPUs), so that no worker waits for the next chunk.
 
     Ray must be initialised (`internal_rl.distributed.init_ray`).
     """

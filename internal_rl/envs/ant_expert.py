@@ -259,7 +259,6 @@ def train_ant_expert(
     are saved there at the end.
     """
     torch.manual_seed(ppo.seed)
-    rng = np.random.default_rng(ppo.seed)
     env = BatchedAntPinpad(env_config, ppo.num_envs)
     env.reset(seed=ppo.seed)
     obs_dim, act_dim, n, steps = expert_obs_dim(env_config), env.act_dim, ppo.num_envs, ppo.rollout_steps

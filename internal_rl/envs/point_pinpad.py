@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium import spaces
 
 from internal_rl.common.config import with_overrides
-from internal_rl.common.errors import ConfigError
+from internal_rl.common.errors import ConfigError, check
 from internal_rl.envs.gridworld import check_render_mode
 from internal_rl.envs.pinpad import (
     PinpadBatchState,
@@ -53,6 +53,11 @@ class PointPinpadConfig(PinpadConfig):
         for name in ("dt", "force_gain", "damping"):
             check_positive_float(type(self).__name__, name, getattr(self, name))
             object.__setattr__(self, name, float(getattr(self, name)))
+        check(
+            self.dt * self.damping < 1.0,
+            f"{type(self).__name__}: dt * damping = {self.dt * self.damping:g}; expected < 1 (else the velocity "
+            "overshoots every step and leaves the observation space)",
+        )
 
     @property
     def obs_dim(self) -> int:

@@ -372,8 +372,8 @@ def train_rl(
 # --- run folders ----------------------------------------------------------------------------------------
 
 
-def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> GridWorldConfig:
-    """The environment the run's pretraining data came from (its dataset manifest), with `task` as its only task."""
+def _run_env_config(run_dir: Path) -> Any:
+    """The config of the environment the run's pretraining data came from (its dataset manifest)."""
     from internal_rl.data.generate import env_config_from_manifest
     from internal_rl.metacontroller.training import dataset_of_run
 
@@ -381,10 +381,22 @@ def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> GridW
     manifest_path = data_dir / "manifest.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"the dataset {data_dir} recorded by the base model of {run_dir} is missing (no manifest.json)")
-    env_config = env_config_from_manifest(load_json(manifest_path))
+    return env_config_from_manifest(load_json(manifest_path))
+
+
+def posttrain_task_of_run(run_dir: Path) -> Task:
+    """The paper's post-training task of the environment RUN was pretrained in."""
+    from internal_rl.envs.registry import spec_of_config
+
+    return spec_of_config(_run_env_config(run_dir)).posttrain_task
+
+
+def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> Any:
+    """The environment the run's pretraining data came from (its dataset manifest), with `task` as its only task."""
+    env_config = _run_env_config(run_dir)
     if env_config.obs_dim != base_model.config.obs_dim:
         raise CheckpointError(
-            f"dataset {data_dir} has obs_dim {env_config.obs_dim}, the base model of {run_dir} {base_model.config.obs_dim}"
+            f"the dataset of {run_dir} has obs_dim {env_config.obs_dim}, its base model {base_model.config.obs_dim}"
         )
     return replace(env_config, tasks=(validate_task(task, env_config.n_colours),))
 
