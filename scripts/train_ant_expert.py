@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/train_ant_expert.py --out runs/ant_expert \
         [--steps 2000000] [--minutes 30] [--envs 16] [--seed 0] [--logdir runs/ant_expert/tb]
 
-Writes OUT/expert.safetensors, OUT/expert.json (configs and the per-update statistics).
+Writes OUT/model.safetensors and OUT/config.json (configs and the per-update statistics).
 """
 
 import argparse
@@ -43,7 +43,7 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"{len(history)} updates; ", end="")
-    print(f"wrote {args.out}/expert.safetensors")
+    print(f"wrote {args.out}/model.safetensors")
 
 
 if __name__ == "__main__":

@@ -59,3 +59,13 @@ def test_short_training_run_saves_an_expert_that_acts(tmp_path) -> None:
         load_expert(tmp_path / "missing")
     with pytest.raises(ConfigError, match="num_envs"):
         AntPPOConfig(num_envs=0)
+
+
+def test_a_bad_ant_expert_folder_is_a_one_line_error(tmp_path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="malformed JSON"):
+        load_expert(tmp_path)
+    (tmp_path / "config.json").write_text('{"model": {}}')
+    with pytest.raises(CheckpointError, match="not an ant expert"):
+        load_expert(tmp_path)

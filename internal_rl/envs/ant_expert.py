@@ -21,7 +21,6 @@ The trained actor is an `AntExpert`: `act(env, rng)` gives sampled and mean acti
 `BatchedAntPinpad`, so `pinpad_expert.rollout_expert` rolls it out like the point-mass expert.
 """
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from internal_rl.common.config import config_from_dict, config_to_dict, replace
+from internal_rl.common.checkpoint import CONFIG as CHECKPOINT_CONFIG, load_checkpoint, save_checkpoint
+from internal_rl.common.config import config_from_dict, config_to_dict, load_json, replace
 from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.common.logging import ScalarLogger, progress
-from internal_rl.envs.ant_pinpad import AntPinpadConfig, BatchedAntPinpad
+from internal_rl.envs.ant_pinpad import ACT_DIM, AntPinpadConfig, BatchedAntPinpad
 from internal_rl.envs.pinpad import DIRECTIONS_XY, shortest_path_directions
 from internal_rl.envs.pinpad_expert import collect_episodes
 from internal_rl.envs.tasks import Task, validate_task
@@ -217,27 +216,40 @@ def ant_expert_episodes(
     )
 
 
+# The key under which an ant expert's checkpoint config.json holds its configs and training statistics.
+EXPERT_KEY = "ant_expert"
+
+
 def save_expert(
     path: Path, model: ActorCritic, env_config: AntPinpadConfig, ppo: AntPPOConfig, stats: dict[str, Any]
 ) -> None:
-    """Write `path`/expert.safetensors and `path`/expert.json (the configs and training statistics)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "expert.safetensors"))
+    """Write the expert as a checkpoint folder (weights, and its configs and training statistics in config.json)."""
     meta = {"env_config": config_to_dict(env_config), "ppo_config": asdict(ppo), "stats": stats}
-    (path / "expert.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_checkpoint(Path(path), model, {EXPERT_KEY: meta})
+
+
+def load_expert_meta(path: Path) -> dict[str, Any]:
+    """The configs and training statistics of the expert saved at `path` (CheckpointError if there is none)."""
+    path = Path(path)
+    if not (path / CHECKPOINT_CONFIG).is_file():
+        raise CheckpointError(f"no ant expert at {path}: expected {CHECKPOINT_CONFIG} and model.safetensors")
+    meta = load_json(path / CHECKPOINT_CONFIG)
+    if not isinstance(meta, dict) or not isinstance(meta.get(EXPERT_KEY), dict):
+        raise CheckpointError(f"{path / CHECKPOINT_CONFIG} has no {EXPERT_KEY!r} entry; not an ant expert")
+    return meta[EXPERT_KEY]
 
 
 def load_expert(path: Path) -> AntExpert:
     """The `AntExpert` saved at `path` by `save_expert`."""
-    path = Path(path)
-    if not (path / "expert.safetensors").is_file() or not (path / "expert.json").is_file():
-        raise CheckpointError(f"no ant expert at {path}: expected expert.safetensors and expert.json")
-    meta = json.loads((path / "expert.json").read_text())
-    env_config = config_from_dict(AntPinpadConfig, meta["env_config"])
-    ppo = config_from_dict(AntPPOConfig, meta["ppo_config"])
-    model = ActorCritic(expert_obs_dim(env_config), 8, ppo.hidden)
-    model.load_state_dict(load_file(str(path / "expert.safetensors")))
+    meta = load_expert_meta(path)
+    weights, _, _ = load_checkpoint(Path(path))
+    try:
+        env_config = config_from_dict(AntPinpadConfig, meta["env_config"])
+        ppo = config_from_dict(AntPPOConfig, meta["ppo_config"])
+        model = ActorCritic(expert_obs_dim(env_config), ACT_DIM, ppo.hidden)
+        model.load_state_dict(weights)
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"the ant expert at {path} does not match its config: {str(err).splitlines()[0]}") from None
     return AntExpert(model, env_config)
 
 

@@ -18,7 +18,6 @@ Classes are named as "module:attribute" and imported on use: the ant imports MuJ
 """
 
 import importlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,14 +121,16 @@ def _ant_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.nd
 
 def find_ant_expert() -> Path:
     """The folder of a usable trained ant expert, or a one-line ConfigError saying why there is none."""
+    from internal_rl.envs.ant_expert import load_expert_meta
+
     path = Path(os.environ.get(ANT_EXPERT_VARIABLE, DEFAULT_ANT_EXPERT))
-    meta = path / "expert.json"
-    if not (path / "expert.safetensors").is_file() or not meta.is_file():
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
         raise ConfigError(
             f"ant-pinpad needs a trained ant expert and there is none at {path} (set {ANT_EXPERT_VARIABLE}, or "
             f"train one with scripts/train_ant_expert.py --out {path}); no competent ant expert exists yet"
         )
-    history = json.loads(meta.read_text()).get("stats", {}).get("history") or [{}]
+    stats = load_expert_meta(path).get("stats")
+    history = (stats.get("history") if isinstance(stats, dict) else None) or [{}]
     success = history[-1].get("success_rate")
     if not isinstance(success, (int, float)) or not success >= MIN_ANT_EXPERT_SUCCESS:
         raise ConfigError(

@@ -10,6 +10,7 @@ Run folder layout (every stage writes only its own part):
     DIR/pretrain/               base model checkpoint/, tb/, eval.json
     DIR/probes.json, .png       linear probes per layer
     DIR/steering.json, .png     supervised subgoal controllers per layer
+    DIR/steering_controllers/<hook>/   each layer's fitted controller decoder (a checkpoint folder)
     DIR/metacontroller/         metacontroller checkpoint/, tb/, summary.json
     DIR/switching.json, switching_beta.png
     DIR/metacontroller-no-switch/, switching_metacontroller-no-switch.json   the beta == 1 ablation

@@ -34,6 +34,7 @@ def probe_run(
 
 
 STEERING_CONTROLLERS = "steering_controllers"
+DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: the decoder's sizes
 
 
 def steer_run(
@@ -41,10 +42,9 @@ def steer_run(
     seed: int | None = None, steps: int | None = None, episodes: int | None = None, show_progress: bool = True,
 ) -> dict[str, Any]:
     """Fit and evaluate supervised subgoal controllers per layer; write RUN/steering.json, RUN/steering.png
-    and each layer's controller decoder as RUN/steering_controllers/<hook>.safetensors."""
-    from safetensors.torch import save_file
-
+    and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/."""
     from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
+    from internal_rl.common.checkpoint import save_checkpoint
     from internal_rl.data.dataset import load_dataset
     from internal_rl.data.generate import env_config_from_manifest
     from internal_rl.models.base_model import load_base_model
@@ -55,11 +55,10 @@ def steer_run(
     model = load_base_model(run)
     dataset = load_dataset(run_dataset(run, data))
     hooks = resolve_layers(layers, model.n_layers)
-    decoders = run / STEERING_CONTROLLERS
-    decoders.mkdir(parents=True, exist_ok=True)
 
     def save_decoder(hook: str, decoder: Any) -> None:
-        save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(decoders / f"{hook}.safetensors"))
+        sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden}
+        save_checkpoint(run / STEERING_CONTROLLERS / hook, decoder, {DECODER_KEY: sizes})
 
     results = steer_layers(
         model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress,
@@ -72,17 +71,18 @@ def steer_run(
 
 
 def load_steering_decoder(run: Path, hook: str) -> Any:
-    """The supervised controller decoder `steer_run` fitted at `hook` (its config from RUN/steering.json)."""
-    from safetensors.torch import load_file
-
+    """The supervised controller decoder `steer_run` fitted at `hook`, frozen."""
+    from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.common.errors import CheckpointError
-    from internal_rl.models.base_model import load_base_model
     from internal_rl.models.controller import ControllerDecoder
 
-    path = Path(run) / STEERING_CONTROLLERS / f"{hook}.safetensors"
-    if not path.is_file() or not (Path(run) / "steering.json").is_file():
+    path = Path(run) / STEERING_CONTROLLERS / hook
+    if not path.is_dir():
         raise CheckpointError(f"no supervised controller for {hook} in {run} (run `internal-rl steer --run {run}`)")
-    config = load_json(Path(run) / "steering.json")["config"]
-    decoder = ControllerDecoder(config["n_subgoals"], load_base_model(run).d_model, config["rank"], config["hidden"])
-    decoder.load_state_dict(load_file(str(path)))
+    weights, config, _ = load_checkpoint(path)
+    try:
+        decoder = ControllerDecoder(**config[DECODER_KEY])
+        decoder.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is not a controller decoder checkpoint: {str(err).splitlines()[0]}") from None
     return decoder.eval().requires_grad_(False)
