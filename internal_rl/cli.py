@@ -7,15 +7,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from internal_rl.common.errors import InternalRLError
+from internal_rl.common.errors import ConfigError, InternalRLError
 
 
 def _on_ray(args: argparse.Namespace) -> bool:
-    """Whether --ray / --ray-address asked for Ray; if so, start or reach it (the import is deferred to here)."""
+    """Whether --ray / --ray-address asked for Ray; if so, check --workers and start or reach Ray (the import
+    is deferred to here)."""
     if not (args.ray or args.ray_address):
+        if args.workers is not None:
+            raise ConfigError(f"--workers {args.workers} needs --ray or --ray-address (nothing else runs on Ray)")
         return False
-    from internal_rl.distributed import init_ray
+    from internal_rl.distributed import check_workers, init_ray
 
+    check_workers(args.workers)
     init_ray(args.ray_address)
     return True
 
@@ -38,7 +42,7 @@ def _generate(args: argparse.Namespace) -> None:
         map_chunks = ray_map_chunks(args.workers)
     path = generate_dataset(
         args.env, episodes=args.episodes, out=Path(args.out), seed=args.seed, force=args.force,
-        epsilon=args.epsilon, tasks=tasks, map_chunks=map_chunks,
+        epsilon=args.epsilon, tasks=tasks, map_chunks=map_chunks, mean_actions=args.mean_actions,
     )
     print(f"wrote {args.episodes} {args.env} expert episodes to {path}")
 
@@ -56,8 +60,9 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _rl(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
-    from internal_rl.rl.training import posttrain_task_of_run, run_rl_seeds
+    from internal_rl.rl.training import posttrain_task_of_run, rl_preset, run_rl_seeds
 
+    rl_preset(args.preset, args.method)  # a bad preset fails before Ray starts
     workers = None
     if _on_ray(args):
         from internal_rl.distributed.rollouts import RayRolloutWorkers
@@ -108,9 +113,10 @@ def _steer(args: argparse.Namespace) -> None:
 def _metacontroller(args: argparse.Namespace) -> None:
     from internal_rl.metacontroller.training import train_metacontroller_run
 
+    rank = {"rank": args.rank} if "rank" in args else {}  # absent: the library's default rank
     summary = train_metacontroller_run(
         Path(args.run), preset_name=args.preset, data=args.data, alpha=args.alpha, steps=args.steps, seed=args.seed,
-        force_switch=args.force_switch, resume=args.resume, stage_name=args.stage,
+        force_switch=args.force_switch, resume=args.resume, stage_name=args.stage, **rank,
     )
     final = summary["final"]
     print(f"trained metacontroller in {summary['stage']} ({summary['train_seconds']:.0f} s): held-out action NLL "
@@ -137,6 +143,15 @@ def _analyse(args: argparse.Namespace) -> None:
           f"mean segment length {seg['mean']:.2f} vs true {true['mean']:.2f}; wrote {report['json']} and {report['plot']}")
 
 
+def _controller_rank(text: str) -> int | None:
+    """--rank: a positive integer, or 'full' (None: a full-rank controller U)."""
+    if text == "full":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
+    return int(text)
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -152,7 +167,8 @@ def _reproduce(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from internal_rl.distributed.sweep import load_sweep_config, run_sweep
+    from internal_rl.distributed.sweep import run_sweep
+    from internal_rl.pipeline.sweep import load_sweep_config
 
     report = run_sweep(load_sweep_config(Path(args.config)), address=args.ray_address)
     print(f"sweep report written to {report}")
@@ -178,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", nargs="+", metavar="TASK", help="tasks to sample from, e.g. 0-1-2-3 (default: pretraining tasks)"
     )
+    p.add_argument("--mean-actions", action="store_true",
+                   help="pinpad envs: record the expert's mean (noiseless) actions, the paper's cleaner data D*")
     _add_ray_options(p, "roll the expert out")
     p.set_defaults(func=_generate)
 
@@ -197,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="colours to visit in order (default: the run's environment's post-training task)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, run one after another")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    p.add_argument("--preset", default="quick",
+                   help="RL preset, a name in rl.training.PRESETS (default: quick); a bad one is refused with the list")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the preset)")
     _add_ray_options(p, "collect the episodes")
@@ -231,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--force-switch", action="store_true",
                    help="the no-temporal-abstraction ablation (beta == 1); goes to RUN/metacontroller-no-switch")
+    p.add_argument("--rank", type=_controller_rank, default=argparse.SUPPRESS, metavar="N|full",
+                   help="rank of the controller U = A B^T, or full for a full d x d matrix (default: the config's, 16)")
     p.add_argument("--stage", help="stage folder name inside RUN (default: metacontroller[-no-switch])")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     p.set_defaults(func=_metacontroller)
@@ -257,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("sweep", help="RL methods x seeds x tasks (x hyperparameters) as Ray Tune trials, resumable")
-    p.add_argument("config", help="sweep file (JSON; see internal_rl/distributed/sweep.py and examples/sweep.json)")
+    p.add_argument("config", help="sweep file (JSON; see internal_rl/pipeline/sweep.py and examples/sweep.json)")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to run on (default: a local Ray instance)")
     p.set_defaults(func=_sweep)
 

@@ -61,6 +61,32 @@ def test_short_training_run_saves_an_expert_that_acts(tmp_path) -> None:
         AntPPOConfig(num_envs=0)
 
 
+def test_ant_dataset_records_the_config_the_expert_was_trained_in(tmp_path, monkeypatch, capsys) -> None:
+    import internal_rl.envs.ant_expert as ant_expert
+    from internal_rl.data.generate import env_config_from_manifest, generate_trajectories
+    from internal_rl.envs import registry
+
+    ppo = AntPPOConfig(total_steps=64, num_envs=2, rollout_steps=16, epochs=1, minibatch_size=16, hidden=16)
+    trained_in = AntPinpadConfig(horizon=20)  # not the default config (horizon 500)
+    train_ant_expert(trained_in, ppo, out=tmp_path / "expert", show_progress=False)
+    monkeypatch.setenv(registry.ANT_EXPERT_VARIABLE, str(tmp_path / "expert"))
+    # The tiny expert never succeeds: accept it, and keep its failed episodes (the manifest is under test).
+    monkeypatch.setattr(registry, "MIN_ANT_EXPERT_SUCCESS", 0.0)
+    collect = ant_expert.collect_episodes
+    monkeypatch.setattr(ant_expert, "collect_episodes", lambda *a, **k: collect(*a, **{**k, "successful_only": False}))
+
+    manifest = generate_trajectories("ant-pinpad", 3, seed=0, show_progress=True).manifest
+    assert env_config_from_manifest(manifest) == trained_in
+    assert manifest["expert"] == "AntExpert" and manifest["expert_config"]["ppo_config"]["hidden"] == 16
+    assert manifest["episodes_attempted"] == 64  # exactly one batch of 64 environments
+    assert "generate ant-pinpad" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="trained with horizon=20, not horizon=30"):
+        generate_trajectories("ant-pinpad", 3, seed=0, config=AntPinpadConfig(horizon=30))
+    tasks = ((0, 1), (2, 3))  # the tasks, and only they, may differ from the expert's
+    data = generate_trajectories("ant-pinpad", 3, seed=0, config=AntPinpadConfig(horizon=20), tasks=tasks)
+    assert env_config_from_manifest(data.manifest).tasks == tasks
+
+
 def test_a_bad_ant_expert_folder_is_a_one_line_error(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"")

@@ -318,7 +318,7 @@ def test_generation_is_seeded(generated):
 
 def test_generated_episodes_are_successful_and_labelled(generated):
     from internal_rl.envs.gridworld import GridWorldConfig
-    from internal_rl.envs.tasks import GRID_PRETRAIN_TASKS, subgoal_of_colour
+    from internal_rl.envs.tasks import GRID_PRETRAIN_TASKS
 
     a = generated.arrays
     config = GridWorldConfig()
@@ -330,7 +330,7 @@ def test_generated_episodes_are_successful_and_labelled(generated):
     ends = a["episode_starts"] + a["episode_lengths"] - 1
     assert (a["rewards"][ends] == 1).all() and a["rewards"].sum() == GEN_EPISODES
     np.testing.assert_array_equal(a["targets"][a["episode_starts"]], a["tasks"][:, 0])
-    np.testing.assert_array_equal(a["subgoals"], [subgoal_of_colour(c) for c in a["targets"]])
+    np.testing.assert_array_equal(a["subgoals"], a["targets"] // 2)  # subgoal k is the colour pair (2k, 2k + 1)
     m = generated.manifest
     assert (m["env"], m["seed"], m["expert_epsilon"]) == ("gridworld", 7, 0.0)
     assert 0.9 <= m["expert_success_rate"] <= 1.0 and m["episodes_attempted"] >= GEN_EPISODES

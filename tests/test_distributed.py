@@ -231,7 +231,8 @@ def write_sweep_file(tmp_path, episodes):
 
 def test_a_two_trial_sweep_completes_and_gathers_the_usual_report(tmp_path):
     from internal_rl.common.config import load_json
-    from internal_rl.distributed.sweep import load_sweep_config, run_sweep
+    from internal_rl.distributed.sweep import run_sweep
+    from internal_rl.pipeline.sweep import load_sweep_config
 
     path, run = write_sweep_file(tmp_path, episodes=128)
     config = load_sweep_config(path)
@@ -262,7 +263,8 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     import subprocess
     import sys
 
-    from internal_rl.distributed.sweep import load_sweep_config, run_sweep
+    from internal_rl.distributed.sweep import run_sweep
+    from internal_rl.pipeline.sweep import load_sweep_config
 
     path, run = write_sweep_file(tmp_path, episodes=1024)
     results = tmp_path / "sweep" / "task=0,episodes=1024" / "rl" / "internal"

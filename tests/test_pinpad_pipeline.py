@@ -70,6 +70,16 @@ def test_pinpad_dataset_has_vector_actions_and_round_trips_its_config(tmp_path):
         generate_trajectories("point-pinpad", 4, seed=0, epsilon=0.1)
 
 
+def test_pinpad_generation_shows_progress_and_counts_every_attempted_episode(capsys):
+    data = generate_trajectories("point-pinpad", 5, seed=0, config=ENV, show_progress=True)
+    assert "generate point-pinpad" in capsys.readouterr().err
+    manifest = data.manifest
+    assert manifest["episodes_attempted"] == 1024  # exactly one batch of the expert's 1024 environments
+    successes = manifest["expert_success_rate"] * manifest["episodes_attempted"]
+    assert 5 <= successes == pytest.approx(round(successes))  # a count of the attempted episodes
+    assert env_config_from_manifest(manifest) == ENV and manifest["expert"] == "PointExpert"
+
+
 def test_pretraining_takes_the_action_size_from_the_data(tmp_path):
     generate_dataset("point-pinpad", 40, tmp_path / "d", seed=0, show_progress=False)
     config = pretrain_preset("quick-pinpad", steps=2, batch_size=4, eval_every=0, checkpoint_every=0)

@@ -1,7 +1,9 @@
-"""Config dataclasses to and from JSON, with unknown or mistyped keys refused at the boundary."""
+"""Config dataclasses to and from JSON, with unknown or mistyped keys refused at the boundary; atomic
+writes of JSON and text files."""
 
 import dataclasses
 import json
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,12 +53,24 @@ def with_overrides(config: C | None, default: type[C], overrides: dict[str, Any]
     return replace(config, **overrides) if overrides else config
 
 
-def save_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON atomically (write to a temporary file, then rename)."""
+def save_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a reader sees the old file or the new one, never a partial one.
+
+    The text goes to a temporary sibling with a unique name (so concurrent writers do not share it),
+    which is then renamed over `path`.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_json(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON atomically (see `save_text`)."""
+    save_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def load_json(path: Path) -> Any:

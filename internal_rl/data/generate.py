@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from internal_rl.common.config import config_to_dict, config_from_dict, replace
+from internal_rl.common.config import config_to_dict, config_from_dict
 from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset, check_writable, save_dataset
 from internal_rl.envs.registry import env_spec
-from internal_rl.envs.tasks import Task, subgoal_of_colour, validate_task
+from internal_rl.envs.tasks import Task, with_tasks
 
 
 # Give up when the expert succeeds this rarely: generation would not finish in reasonable time.
@@ -43,24 +43,7 @@ def env_config_from_manifest(manifest: dict[str, Any]) -> Any:
 def _grid_config(config: Any, tasks: Sequence[Task] | None) -> Any:
     from internal_rl.envs.gridworld import GridWorldConfig
 
-    config = GridWorldConfig() if config is None else config
-    if tasks is not None:
-        tasks = tuple(validate_task(task, config.n_colours) for task in tasks)
-        if not tasks:
-            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
-        config = replace(config, tasks=tasks)
-    return config
-
-
-def _subgoal_table(n_colours: int) -> np.ndarray:
-    """[n_colours + 1] int8 lookup colour -> subgoal; colours outside every pair, and index -1, map to -1."""
-    table = np.full(n_colours + 1, -1, dtype=np.int8)
-    for colour in range(n_colours):
-        try:
-            table[colour] = subgoal_of_colour(colour)
-        except ConfigError:
-            pass  # a colour with no subgoal pair keeps the label -1
-    return table
+    return with_tasks(GridWorldConfig() if config is None else config, tasks)
 
 
 def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -74,7 +57,7 @@ def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tupl
     env = BatchedGridWorld(config, num_envs)
     expert = GridExpert(config, epsilon=epsilon)
     rng = np.random.default_rng(derive_seed(seed, "expert"))
-    subgoal_table = _subgoal_table(config.n_colours)
+    subgoal_table = env_spec("gridworld").subgoal_table(config.n_colours)
 
     obs = env.reset(seed=derive_seed(seed, "reset"))
     final_obs = np.zeros((num_envs, obs.shape[1]), dtype=np.uint8)
@@ -101,7 +84,7 @@ def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tupl
     horizon = len(steps["actions"])
     real = np.arange(horizon)[None, :] < kept_lengths[:, None]  # [K, T]
     arrays = {name: np.stack(values, axis=1)[keep][real] for name, values in steps.items()}
-    arrays["subgoals"] = subgoal_table[arrays["targets"]]
+    arrays["subgoals"] = subgoal_table[arrays["targets"]].astype(np.int8)
     arrays["episode_lengths"] = kept_lengths
     arrays["episode_starts"] = (np.cumsum(kept_lengths) - kept_lengths).astype(np.int64)
     arrays["tasks"] = env.tasks[keep].astype(np.int8)
@@ -158,29 +141,27 @@ def flatten_episodes(padded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _pinpad_trajectories(
-    env: str, episodes: int, seed: int, tasks: Sequence[Task] | None, config: Any, mean_actions: bool
+    env: str, episodes: int, seed: int, tasks: Sequence[Task] | None, config: Any, mean_actions: bool,
+    show_progress: bool,
 ) -> TrajectoryDataset:
-    """Successful episodes of a pinpad env's expert (its Gaussian policy, or its mean with `mean_actions`)."""
-    spec = env_spec(env)
-    config = spec.default_config() if config is None else config
-    if tasks is not None:
-        tasks = tuple(validate_task(task, config.n_colours) for task in tasks)
-        if not tasks:
-            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
-        config = replace(config, tasks=tasks)
-    padded = spec.expert(config, episodes, seed, mean_actions)
-    rate = float(padded["expert_success_rate"])
+    """Successful episodes of a pinpad env's expert (its Gaussian policy, or its mean with `mean_actions`).
+
+    The manifest records the env config the expert actually rolled out in (the ant's: the one it was
+    trained in) and the expert's own config.
+    """
+    data = env_spec(env).expert(config, tasks, episodes, seed, mean_actions, show_progress)
     manifest = {
         "env": env,
-        "env_config": config_to_dict(config),
+        "env_config": config_to_dict(data.env_config),
         "seed": int(seed),
-        "expert": f"{env} expert",
+        "expert": data.expert,
+        "expert_config": data.expert_config,
         "expert_epsilon": 0.0,
         "expert_mean_actions": bool(mean_actions),
-        "expert_success_rate": rate,
-        "episodes_attempted": int(round(episodes / max(rate, 1e-9))),
+        "expert_success_rate": float(data.arrays["expert_success_rate"]),
+        "episodes_attempted": int(data.arrays["episodes_attempted"]),
     }
-    return TrajectoryDataset.from_arrays(flatten_episodes(padded), manifest)
+    return TrajectoryDataset.from_arrays(flatten_episodes(data.arrays), manifest)
 
 
 def generate_trajectories(
@@ -203,8 +184,10 @@ def generate_trajectories(
     The manifest holds the provenance that `save_dataset` writes; `checksum` is None until saved.
     `map_chunks` rolls out each round's chunks (default: here, one after another); any implementation that
     returns `rollout_chunk`'s results in order gives the same arrays.
-    For the pinpad envs (`config` default: the env's), the expert's Gaussian force noise replaces epsilon
-    (which must be 0), and `mean_actions` records its noiseless mean actions instead (the paper's D*).
+    For the pinpad envs (`config` default: the env's; the ant's: the one its expert was trained in), the
+    expert's Gaussian force noise replaces epsilon (which must be 0), and `mean_actions` records its
+    noiseless mean actions instead (the paper's D*). Either way `show_progress` shows a bar of the kept
+    episodes, and the manifest's `episodes_attempted` counts every episode rolled out.
     """
     _check_env(env)
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
@@ -218,7 +201,10 @@ def generate_trajectories(
             raise ConfigError(f"epsilon {epsilon} applies to the grid world only; {env} experts have Gaussian noise")
         if map_chunks is not map_chunks_locally:
             raise ConfigError(f"distributed generation (--ray) supports gridworld only, not {env}")
-        return _pinpad_trajectories(env, episodes, seed, tasks, config, mean_actions)
+        return _pinpad_trajectories(env, episodes, seed, tasks, config, mean_actions, show_progress)
+    if mean_actions:
+        raise ConfigError("mean_actions (--mean-actions) applies to the pinpad envs only; the grid-world expert's "
+                          "randomness is epsilon")
     config = _grid_config(config, tasks)
 
     parts: list[dict[str, np.ndarray]] = []

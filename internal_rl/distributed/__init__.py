@@ -3,16 +3,16 @@
 Everything here is optional (`pip install internal-rl[ray]`) and imported only when asked for (`--ray`,
 `--ray-address`, `internal-rl sweep`); nothing else in the package imports Ray. The distributed stages
 run the very functions the local ones run (`data.generate.rollout_chunk`, `rl.training.method_setup`'s
-rollouts, `rl.training.run_rl`); Ray only decides where they run and re-runs work lost with a worker.
+rollouts, `pipeline.sweep.run_trial`); Ray only decides where they run and re-runs work lost with a worker.
 
     generate.py   expert chunks as Ray tasks, merged in plan order: byte-identical to local generation
     rollouts.py   Ray actors holding the frozen base model collect shares of each batch of episodes
-    sweep.py      methods x seeds x tasks x hyperparameters as Ray Tune trials, resumable
+    sweep.py      the trials of a sweep (`pipeline.sweep`: config, folders, report) as Ray Tune trials, resumable
 """
 
 from typing import Any
 
-from internal_rl.common.errors import DependencyError, InternalRLError
+from internal_rl.common.errors import ConfigError, DependencyError, InternalRLError
 
 INSTALL_HINT = "pip install 'internal-rl[ray]'"
 
@@ -44,6 +44,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise DependencyError(f"cannot start or reach {where}: {str(err).splitlines()[0]}") from None
     return ray
+
+
+def check_workers(workers: int | None) -> int | None:
+    """`workers` (Ray workers to use) if it is None (one per CPU of the cluster) or a positive integer;
+    a one-line ConfigError otherwise. The one check of `--workers`, for generation and RL alike."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers {workers!r}: expected a positive integer (or none: one per CPU of the Ray cluster)")
+    return workers
 
 
 def cluster_cpus() -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from internal_rl.data.generate import MapChunks, generate_dataset, rollout_chunk
-from internal_rl.distributed import cluster_cpus, get, require_ray
+from internal_rl.distributed import check_workers, cluster_cpus, get, require_ray
 
 MAX_RETRIES = 3  # re-runs of a chunk whose worker died
 
@@ -24,6 +24,7 @@ def ray_map_chunks(workers: int | None = None) -> MapChunks:
 
     Ray must be initialised (`internal_rl.distributed.init_ray`).
     """
+    check_workers(workers)
     ray = require_ray()
     remote_chunk = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(rollout_chunk)
 

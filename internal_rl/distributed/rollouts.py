@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from internal_rl.common.errors import check
 from internal_rl.common.seeding import derive_seed
-from internal_rl.distributed import cluster_cpus, get, require_ray
+from internal_rl.distributed import check_workers, cluster_cpus, get, require_ray
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.metacontroller.modules import Metacontroller
 from internal_rl.models.base_model import BaseModel
@@ -66,8 +65,7 @@ class RayRolloutWorkers:
     """
 
     def __init__(self, num_workers: int | None = None):
-        check(num_workers is None or num_workers >= 1, f"workers {num_workers}; expected >= 1")
-        self.num_workers = num_workers
+        self.num_workers = check_workers(num_workers)
         self.actors: list[Any] = []
         self._models: list[Any] = []
 

@@ -21,6 +21,7 @@ The trained actor is an `AntExpert`: `act(env, rng)` gives sampled and mean acti
 `BatchedAntPinpad`, so `pinpad_expert.rollout_expert` rolls it out like the point-mass expert.
 """
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,13 +33,13 @@ import torch
 from torch import nn
 
 from internal_rl.common.checkpoint import CONFIG as CHECKPOINT_CONFIG, load_checkpoint, save_checkpoint
-from internal_rl.common.config import config_from_dict, config_to_dict, load_json, replace
+from internal_rl.common.config import config_from_dict, config_to_dict, load_json
 from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.envs.ant_pinpad import ACT_DIM, AntPinpadConfig, BatchedAntPinpad
 from internal_rl.envs.pinpad import DIRECTIONS_XY, shortest_path_directions
-from internal_rl.envs.pinpad_expert import collect_episodes
-from internal_rl.envs.tasks import Task, validate_task
+from internal_rl.envs.pinpad_expert import ExpertEpisodes, collect_episodes
+from internal_rl.envs.tasks import Task, with_tasks
 
 
 @dataclass(frozen=True)
@@ -196,24 +197,61 @@ def ant_expert_episodes(
     successful_only: bool = True,
     batch_size: int = 64,
     max_batches: int = 1000,
+    show_progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """`episodes` ant-pinpad episodes of `expert` as padded arrays (see `pinpad_expert.collect_episodes`).
+    """`episodes` ant-pinpad episodes of `expert` as padded arrays (see `pinpad_expert.collect_episodes`),
+    in the environment the expert acts in (`expert.env_config`) with `tasks` (default: its own).
 
     Actions are sampled from the Gaussian policy (data D), or its mean with `mean_actions` (data D*);
     observations are the environment's 41 values, not the expert's augmented ones.
     """
-    config = expert.env_config
-    if tasks is not None:
-        tasks = tuple(validate_task(task, config.n_colours) for task in tasks)
-        if not tasks:
-            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
-        config = replace(config, tasks=tasks)
-    env = BatchedAntPinpad(config, batch_size)
+    env = BatchedAntPinpad(with_tasks(expert.env_config, tasks), batch_size)
     pick = 1 if mean_actions else 0
     return collect_episodes(
         env, lambda e, r: expert.act(e, r)[pick], episodes, seed, successful_only=successful_only,
-        max_batches=max_batches,
+        max_batches=max_batches, show_progress=show_progress, desc="generate ant-pinpad",
     )
+
+
+def ant_expert_data(
+    path: Path,
+    config: AntPinpadConfig | None,
+    tasks: Sequence[Task] | None,
+    episodes: int,
+    seed: int,
+    *,
+    mean_actions: bool = False,
+    show_progress: bool = False,
+) -> ExpertEpisodes:
+    """Successful episodes of the ant expert saved at `path`, for a dataset, with their provenance.
+
+    The episodes come from the environment the expert was trained in (its saved config), on `tasks`
+    (default: `config`'s, else the pretraining tasks of `AntPinpadConfig`). A `config` that differs from the
+    expert's in anything but the tasks is refused: the expert cannot act in another environment. The
+    returned `env_config` is the one the episodes were rolled out in; `expert_config` holds the expert's
+    folder and the environment and PPO configs it was trained with.
+    """
+    meta = load_expert_meta(path)
+    expert = load_expert(path)
+    trained = expert.env_config
+    if config is not None:
+        if not isinstance(config, AntPinpadConfig):
+            raise ConfigError(f"the ant expert needs an AntPinpadConfig, got a {type(config).__name__}")
+        differing = [f.name for f in dataclasses.fields(trained)
+                     if f.name != "tasks" and getattr(config, f.name) != getattr(trained, f.name)]
+        if differing:
+            raise ConfigError(
+                f"the ant expert at {path} was trained with "
+                f"{', '.join(f'{n}={getattr(trained, n)!r}' for n in differing)}, not "
+                f"{', '.join(f'{n}={getattr(config, n)!r}' for n in differing)}; its data can change only the tasks"
+            )
+    if tasks is None:
+        tasks = (config if config is not None else AntPinpadConfig()).tasks
+    env_config = with_tasks(trained, tasks)
+    arrays = ant_expert_episodes(expert, episodes, seed, tasks=env_config.tasks, mean_actions=mean_actions,
+                                 show_progress=show_progress)
+    expert_config = {"path": str(Path(path).resolve()), **{key: meta[key] for key in ("env_config", "ppo_config")}}
+    return ExpertEpisodes(arrays, env_config, "AntExpert", expert_config)
 
 
 # The key under which an ant expert's checkpoint config.json holds its configs and training statistics.

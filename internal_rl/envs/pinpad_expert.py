@@ -13,7 +13,8 @@ cleaner data D* from its mean: `noise_std=0`). Where the next colour cannot be r
 other colours block it) the expert holds still at its cell centre, and the episode times out.
 
 `rollout_expert` rolls any batched pinpad environment and expert out until every episode ends and returns
-padded per-episode arrays; `point_expert_episodes` is the point-pinpad data generator.
+padded per-episode arrays; `collect_episodes` repeats it until enough episodes are kept;
+`point_expert_episodes` is the point-pinpad data generator.
 """
 
 from collections.abc import Callable, Sequence
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from internal_rl.common.config import replace
 from internal_rl.common.errors import ConfigError
+from internal_rl.common.logging import progress
 from internal_rl.envs.pinpad import DIRECTIONS_XY, cell_centres, check_positive_float, shortest_path_directions
 from internal_rl.envs.point_pinpad import BatchedPointPinpad, PointPinpadConfig
-from internal_rl.envs.tasks import Task, validate_task
+from internal_rl.envs.tasks import Task, with_tasks
 
 
 @dataclass(frozen=True)
@@ -146,26 +147,21 @@ def point_expert_episodes(
     successful_only: bool = True,
     batch_size: int = 1024,
     max_batches: int = 1000,
+    show_progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """`episodes` point-pinpad expert episodes (successful ones only, by default) as padded arrays.
 
     Tasks are sampled uniformly per episode from `tasks` (default: the config's, i.e. the paper's 16
-    pretraining tasks). The same seed gives the same arrays. Returns `rollout_expert`'s arrays, T the
-    longest kept episode, plus "subgoals" (= "targets": a pinpad subgoal is one colour) and
-    "expert_success_rate" (a 0-d float64 array: the fraction of all rolled-out episodes that succeeded).
+    pretraining tasks). The same seed gives the same arrays. Returns `collect_episodes`' arrays.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ConfigError(f"episodes must be an integer >= 1, got {episodes!r}")
-    env_config = env_config if env_config is not None else PointPinpadConfig()
-    if tasks is not None:
-        tasks = tuple(validate_task(task, env_config.n_colours) for task in tasks)
-        if not tasks:
-            raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
-        env_config = replace(env_config, tasks=tasks)
+    env_config = with_tasks(env_config if env_config is not None else PointPinpadConfig(), tasks)
     expert = PointExpert(env_config, expert_config)
     env = BatchedPointPinpad(env_config, batch_size)
     return collect_episodes(
-        env, lambda e, r: expert.act(e, r)[0], episodes, seed, successful_only=successful_only, max_batches=max_batches
+        env, lambda e, r: expert.act(e, r)[0], episodes, seed, successful_only=successful_only,
+        max_batches=max_batches, show_progress=show_progress, desc="generate point-pinpad",
     )
 
 
@@ -177,12 +173,16 @@ def collect_episodes(
     *,
     successful_only: bool = True,
     max_batches: int = 1000,
+    show_progress: bool = False,
+    desc: str = "expert episodes",
 ) -> dict[str, np.ndarray]:
-    """Roll `act` out in batches of the batched pinpad `env` until `episodes` episodes are kept.
+    """Roll `act` out in batches of the batched pinpad `env` until `episodes` episodes are kept, with a
+    progress bar (`desc`) of the kept episodes if `show_progress`.
 
     Returns `rollout_expert`'s arrays for the first `episodes` kept episodes (T = the longest of them),
-    plus "subgoals" (= "targets": a pinpad subgoal is one colour) and "expert_success_rate" (0-d float64:
-    the fraction of all rolled-out episodes that succeeded). The same seed gives the same arrays.
+    plus "subgoals" (= "targets": a pinpad subgoal is one colour), "expert_success_rate" (0-d float64:
+    the fraction of all rolled-out episodes that succeeded) and "episodes_attempted" (0-d int64: how many
+    episodes were rolled out). The same seed gives the same arrays.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ConfigError(f"episodes must be an integer >= 1, got {episodes!r}")
@@ -191,17 +191,22 @@ def collect_episodes(
     batch_size = env.num_envs
     parts: list[dict[str, np.ndarray]] = []
     kept, rolled, succeeded = 0, 0, 0
-    for _ in range(max_batches):
-        arrays = rollout_expert(env, act, rng)
-        rolled += batch_size
-        succeeded += int(arrays["success"].sum())
-        keep = arrays["success"] if successful_only else np.ones(batch_size, dtype=bool)
-        parts.append({name: value[keep] for name, value in arrays.items()})
-        kept += int(keep.sum())
-        if kept >= episodes:
-            break
-    else:
-        raise ConfigError(f"the expert succeeded in only {succeeded} of {rolled} episodes; cannot collect {episodes}")
+    with progress(total=episodes, desc=desc, disable=not show_progress) as bar:
+        for _ in range(max_batches):
+            arrays = rollout_expert(env, act, rng)
+            rolled += batch_size
+            succeeded += int(arrays["success"].sum())
+            keep = arrays["success"] if successful_only else np.ones(batch_size, dtype=bool)
+            parts.append({name: value[keep] for name, value in arrays.items()})
+            bar.update(min(int(keep.sum()), episodes - kept))
+            kept += int(keep.sum())
+            bar.set_postfix(success=f"{succeeded / rolled:.3f}")
+            if kept >= episodes:
+                break
+        else:
+            raise ConfigError(
+                f"the expert succeeded in only {succeeded} of {rolled} episodes; cannot collect {episodes}"
+            )
     horizon = max(int(p["lengths"].max(initial=0)) for p in parts)
     out: dict[str, np.ndarray] = {}
     for name in parts[0]:
@@ -217,4 +222,15 @@ def collect_episodes(
         out[name] = np.concatenate(values)[:episodes]
     out["subgoals"] = out["targets"].copy()
     out["expert_success_rate"] = np.array(succeeded / rolled)
+    out["episodes_attempted"] = np.array(rolled, dtype=np.int64)
     return out
+
+
+@dataclass(frozen=True)
+class ExpertEpisodes:
+    """A pinpad expert's episodes with what a dataset manifest records of where they came from."""
+
+    arrays: dict[str, np.ndarray]  # `collect_episodes`' padded arrays
+    env_config: Any  # the environment config the episodes were rolled out in
+    expert: str  # which expert, e.g. "PointExpert"
+    expert_config: dict[str, Any]  # the expert's own configuration, as JSON

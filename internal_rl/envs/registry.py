@@ -19,14 +19,19 @@ Classes are named as "module:attribute" and imported on use: the ant imports MuJ
 
 import importlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from internal_rl.common.config import config_to_dict
 from internal_rl.common.errors import ConfigError
-from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, Task, TaskSplit
+from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, Task, TaskSplit, with_tasks
+
+if TYPE_CHECKING:
+    from internal_rl.envs.pinpad_expert import ExpertEpisodes
 
 # Where `reproduce ant-pinpad` looks for the ant expert (scripts/train_ant_expert.py --out ...).
 ANT_EXPERT_VARIABLE = "INTERNAL_RL_ANT_EXPERT"
@@ -52,9 +57,10 @@ class EnvSpec:
     # single-subgoal evaluation); its colours are the colours of that subgoal.
     subgoal_tasks: tuple[Task, ...]
     gym_id: str
-    # expert(config, episodes, seed, mean_actions) -> padded episode arrays (`pinpad_expert.collect_episodes`);
+    # expert(config or None, tasks or None, episodes, seed, mean_actions, show_progress) -> the expert's
+    # successful episodes with the env config they were rolled out in (`pinpad_expert.ExpertEpisodes`);
     # None: the grid world's chunked generator in data/generate.py.
-    expert: Callable[[Any, int, int, bool], dict[str, np.ndarray]] | None = None
+    expert: Callable[[Any, Sequence[Task] | None, int, int, bool, bool], "ExpertEpisodes"] | None = None
     # expert_actor(config) -> act(batched_env, rng) -> sampled actions: the expert as a policy (videos).
     expert_actor: Callable[[Any], Callable[[Any, np.random.Generator], np.ndarray]] | None = None
     # check_ready() raises a one-line ConfigError when the env cannot be used yet (the ant without an expert).
@@ -98,11 +104,17 @@ class EnvSpec:
         return table
 
 
-def _point_expert(config: Any, episodes: int, seed: int, mean_actions: bool) -> dict[str, np.ndarray]:
-    from internal_rl.envs.pinpad_expert import PointExpertConfig, point_expert_episodes
+def _point_expert(
+    config: Any, tasks: Sequence[Task] | None, episodes: int, seed: int, mean_actions: bool, show_progress: bool
+) -> "ExpertEpisodes":
+    from internal_rl.envs.pinpad_expert import ExpertEpisodes, PointExpertConfig, point_expert_episodes
+    from internal_rl.envs.point_pinpad import PointPinpadConfig
 
+    env_config = with_tasks(config if config is not None else PointPinpadConfig(), tasks)
     expert = PointExpertConfig(noise_std=0.0) if mean_actions else PointExpertConfig()
-    return point_expert_episodes(episodes, seed, env_config=config, expert_config=expert)
+    arrays = point_expert_episodes(episodes, seed, env_config=env_config, expert_config=expert,
+                                   show_progress=show_progress)
+    return ExpertEpisodes(arrays, env_config, "PointExpert", config_to_dict(expert))
 
 
 def _point_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.ndarray]:
@@ -140,11 +152,13 @@ def find_ant_expert() -> Path:
     return path
 
 
-def _ant_expert(config: Any, episodes: int, seed: int, mean_actions: bool) -> dict[str, np.ndarray]:
-    from internal_rl.envs.ant_expert import ant_expert_episodes, load_expert
+def _ant_expert(
+    config: Any, tasks: Sequence[Task] | None, episodes: int, seed: int, mean_actions: bool, show_progress: bool
+) -> "ExpertEpisodes":
+    from internal_rl.envs.ant_expert import ant_expert_data
 
-    expert = load_expert(find_ant_expert())
-    return ant_expert_episodes(expert, episodes, seed, tasks=config.tasks, mean_actions=mean_actions)
+    return ant_expert_data(find_ant_expert(), config, tasks, episodes, seed, mean_actions=mean_actions,
+                           show_progress=show_progress)
 
 
 _PINPAD_SUBGOALS: tuple[Task, ...] = ((0,), (1,), (2,), (3,))

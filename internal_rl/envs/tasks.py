@@ -1,7 +1,10 @@
 """Task specifications: ordered colour sequences, subgoals, and the paper's pretraining/post-training splits."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from internal_rl.common.config import replace
 from internal_rl.common.errors import ConfigError
 
 Task = tuple[int, ...]
@@ -66,9 +69,11 @@ def validate_task(task: Task, n_colours: int) -> Task:
     return task
 
 
-def subgoal_of_colour(colour: int, pairs: tuple[tuple[int, int], ...] = GRID_SUBGOAL_PAIRS) -> int:
-    """The index of the subgoal (colour pair) that `colour` belongs to."""
-    for k, pair in enumerate(pairs):
-        if colour in pair:
-            return k
-    raise ConfigError(f"colour {colour} belongs to no subgoal pair; pairs: {pairs}")
+def with_tasks(config: Any, tasks: Sequence[Task] | None) -> Any:
+    """An env config with `tasks` (each checked against its `n_colours`) as its tasks; `config` itself if None."""
+    if tasks is None:
+        return config
+    tasks = tuple(validate_task(task, config.n_colours) for task in tasks)
+    if not tasks:
+        raise ConfigError("tasks is empty; give at least one task, e.g. (0, 1, 2, 3)")
+    return replace(config, tasks=tasks)

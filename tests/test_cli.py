@@ -1,0 +1,87 @@
+"""The command line's own contracts: options reach the library as documented, and bad values are refused with
+one line (exit status 2) before anything starts."""
+
+import sys
+
+import pytest
+
+from internal_rl.cli import main
+from internal_rl.common.config import load_json
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """`import ray` fails, as without the extra: an error that is not Ray's shows the check came first."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_is_checked_the_same_way_for_generate_and_rl_before_ray_starts(tmp_path, capsys, no_ray, workers):
+    generate = ["generate", "gridworld", "--episodes", "4", "--out", str(tmp_path / "d"), "--ray"]
+    rl = ["rl", "--run", str(tmp_path / "run"), "--method", "raw", "--task", "0", "--ray"]
+    errors = []
+    for argv in (generate, rl):
+        assert main(argv + ["--workers", workers]) == 2
+        errors.append(one_line_error(capsys).split("error: ", 1)[1])
+    assert errors[0] == errors[1] and f"workers {workers}" in errors[0] and "positive integer" in errors[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_workers_without_ray_is_refused(tmp_path, capsys):
+    assert main(["generate", "gridworld", "--episodes", "4", "--out", str(tmp_path / "d"), "--workers", "2"]) == 2
+    assert "--workers 2 needs --ray" in one_line_error(capsys)
+    assert not (tmp_path / "d").exists()
+
+
+def test_rl_accepts_every_preset_of_the_rl_code_and_lists_them_for_a_bad_one(tmp_path, capsys):
+    from internal_rl.rl.training import PRESETS
+
+    run = ["rl", "--run", str(tmp_path / "missing"), "--method", "raw", "--task", "0"]
+    for name in PRESETS:  # accepted: the failure is the missing run folder, not the preset
+        assert main(run + ["--preset", name]) == 2
+        err = one_line_error(capsys)
+        assert "RL preset" not in err and "checkpoint" in err
+    assert main(run + ["--preset", "huge"]) == 2
+    err = one_line_error(capsys)
+    assert "unknown RL preset 'huge'" in err and all(repr(name) in err for name in PRESETS)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], {}), (["--rank", "full"], {"rank": None}),
+                                                (["--rank", "4"], {"rank": 4})])
+def test_metacontroller_rank_reaches_the_training_run(tmp_path, monkeypatch, argv, expected):
+    import internal_rl.metacontroller.training as training
+
+    calls = []
+
+    def fake_run(run_dir, **kwargs):
+        calls.append(kwargs)
+        final = {"heldout_nll": 0.0, "heldout_kl": 0.0, "heldout_switches_per_episode": 0.0}
+        return {"stage": str(run_dir), "train_seconds": 0.0, "final": final}
+
+    monkeypatch.setattr(training, "train_metacontroller_run", fake_run)
+    assert main(["metacontroller", "--run", str(tmp_path)] + argv) == 0
+    assert {k: v for k, v in calls[0].items() if k == "rank"} == expected
+
+
+@pytest.mark.parametrize("rank", ["0", "-1", "half"])
+def test_metacontroller_refuses_a_bad_rank(tmp_path, capsys, rank):
+    with pytest.raises(SystemExit) as exit_:
+        main(["metacontroller", "--run", str(tmp_path), "--rank", rank])
+    assert exit_.value.code == 2 and "positive integer or 'full'" in capsys.readouterr().err
+
+
+def test_generate_mean_actions(tmp_path, capsys):
+    out = tmp_path / "clean"
+    assert main(["generate", "point-pinpad", "--episodes", "3", "--out", str(out), "--mean-actions"]) == 0
+    manifest = load_json(out / "manifest.json")
+    assert manifest["expert_mean_actions"] is True and manifest["expert_config"]["noise_std"] == 0.0
+    capsys.readouterr()
+    assert main(["generate", "gridworld", "--episodes", "3", "--out", str(tmp_path / "g"), "--mean-actions"]) == 2
+    assert "pinpad envs only" in one_line_error(capsys)
+    assert not (tmp_path / "g").exists()
