@@ -354,6 +354,27 @@ def test_real_base_model_frozen_and_hook_resolved():
         resolve_config(MetacontrollerConfig(hook="blocks.9.hook_resid_post"), base)
 
 
+def test_traces_compare_with_the_uncontrolled_base_model():
+    from internal_rl.analysis.switching import collect_traces, switching_report
+    from internal_rl.metacontroller.training import freeze, resolve_config
+    from internal_rl.models.base_model import BaseModel, BaseModelConfig
+    from internal_rl.models.transformer import TransformerConfig
+
+    data = two_phase_dataset(8, seed=5)
+    torch.manual_seed(0)
+    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    base = freeze(BaseModel(BaseModelConfig(obs_dim=data.obs_dim, action_dim=N_ACTIONS, transformer=trunk)))
+    mc = Metacontroller(resolve_config(MetacontrollerConfig(d_model=8, n_z=4, rank=4), base)).eval()
+    report = switching_report(collect_traces(base, mc, data, 8))
+    # A fresh decoder gives U = 0: the controlled model is the base model, and the rate is the encoder's KL.
+    assert report["action_nll"] == pytest.approx(report["base_action_nll"], abs=1e-6)
+    assert report["kl_per_episode"] > 0
+    with torch.no_grad():
+        nn.init.normal_(mc.controller_decoder.b_head.weight, std=0.5)
+    report = switching_report(collect_traces(base, mc, data, 8))
+    assert abs(report["action_nll"] - report["base_action_nll"]) > 1e-4
+
+
 def test_cli_refuses_run_without_base_model(tmp_path, capsys):
     from internal_rl.cli import main
 

@@ -14,6 +14,9 @@ Definitions (the paper gives none; these are ours):
 - NMI between k-means clusters of z and subgoal labels (sklearn), k = number of distinct subgoals:
   "step" clusters the z_t of every valid step; "segment" clusters each predicted segment's mean z against
   the segment's majority label (the unit an abstract action is).
+- What the codes explain: the held-out action NLL of the controlled base model against the base model alone
+  on the same steps, and the rate (KL to the prior, nats per episode) paid for the difference. A posterior
+  collapse shows as no NLL gain at zero rate.
 Everything is computed with the posterior mean (z~ = mu), so results are deterministic.
 """
 
@@ -45,6 +48,8 @@ class EpisodeTrace:
     nll: np.ndarray  # [T] action NLL under the controlled base model
     subgoals: np.ndarray  # [T]
     targets: np.ndarray  # [T]
+    base_nll: np.ndarray | None = None  # [T] action NLL of the uncontrolled base model
+    kl: np.ndarray | None = None  # [T] KL(N(mu_t, Sigma_t) || N(0, I)), nats
 
 
 def label_switches(labels: np.ndarray) -> np.ndarray:
@@ -163,6 +168,7 @@ def _nmi(traces: Sequence[EpisodeTrace], z: np.ndarray, labels: np.ndarray, k: i
 def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, dataset: Any, max_episodes: int,
                    batch_size: int = 256) -> list[EpisodeTrace]:
     """Run the controlled base model over the first `max_episodes` of `dataset` (z~ = mu) and keep per-episode traces."""
+    from internal_rl.metacontroller.modules import kl_to_standard_normal
     from internal_rl.metacontroller.training import controlled_forward
 
     n = min(max_episodes, dataset.num_episodes)
@@ -170,6 +176,8 @@ def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, datas
     for start in range(0, n, batch_size):
         batch = dataset.batch(np.arange(start, min(start + batch_size, n)))
         nll, out = controlled_forward(base, metacontroller, batch, sample=False)
+        base_nll = base.action_nll(base(batch["observations"]).action_params, batch["actions"])
+        kl = kl_to_standard_normal(out["mu"], out["logvar"])
         lengths = batch["mask"].sum(1).tolist()
         for i, length in enumerate(lengths):
             traces.append(EpisodeTrace(
@@ -178,6 +186,8 @@ def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, datas
                 nll=nll[i, :length].numpy(),
                 subgoals=batch["subgoals"][i, :length].numpy(),
                 targets=batch["targets"][i, :length].numpy(),
+                base_nll=base_nll[i, :length].numpy(),
+                kl=kl[i, :length].numpy(),
             ))
     return traces
 
@@ -206,6 +216,18 @@ def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str,
         "true_subgoals_per_episode": float(np.mean([len(label_switches(tr.subgoals)) + 1 for tr in traces])),
         "beta_quasi_binary_fraction": float(binary.mean()),
         "action_nll": float(np.concatenate([tr.nll for tr in traces]).mean()),
+        **_explained(traces),
+    }
+
+
+def _explained(traces: Sequence[EpisodeTrace]) -> dict[str, float]:
+    """The base model's own action NLL on the same steps and the rate paid, when the traces carry them."""
+    if any(tr.base_nll is None or tr.kl is None for tr in traces):
+        return {}
+    return {
+        "base_action_nll": float(np.concatenate([tr.base_nll for tr in traces]).mean()),
+        "kl_per_step": float(np.concatenate([tr.kl for tr in traces]).mean()),
+        "kl_per_episode": float(np.mean([tr.kl.sum() for tr in traces])),
     }
 
 
