@@ -116,7 +116,8 @@ def _metacontroller(args: argparse.Namespace) -> None:
     rank = {"rank": args.rank} if "rank" in args else {}  # absent: the library's default rank
     summary = train_metacontroller_run(
         Path(args.run), preset_name=args.preset, data=args.data, alpha=args.alpha, steps=args.steps, seed=args.seed,
-        force_switch=args.force_switch, resume=args.resume, stage_name=args.stage, **rank,
+        force_switch=args.force_switch, label_switches=args.label_switches, resume=args.resume, stage_name=args.stage,
+        **rank,
     )
     final = summary["final"]
     print(f"trained metacontroller in {summary['stage']} ({summary['train_seconds']:.0f} s): held-out action NLL "
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--force-switch", action="store_true",
                    help="the no-temporal-abstraction ablation (beta == 1); goes to RUN/metacontroller-no-switch")
+    p.add_argument("--label-switches", action="store_true",
+                   help="diagnostic: beta = 1 exactly where the true subgoal changes, to measure the loss subgoal-aligned "
+                        "switching reaches; goes to RUN/metacontroller-label-switches (not usable for RL)")
     p.add_argument("--rank", type=_controller_rank, default=argparse.SUPPRESS, metavar="N|full",
                    help="rank of the controller U = A B^T, or full for a full d x d matrix (default: the config's, 16)")
     p.add_argument("--stage", help="stage folder name inside RUN (default: metacontroller[-no-switch])")

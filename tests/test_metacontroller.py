@@ -21,6 +21,7 @@ from internal_rl.metacontroller.modules import (
 )
 from internal_rl.metacontroller.training import (
     MetacontrollerTrainConfig,
+    controlled_forward,
     metacontroller_loss,
     preset,
     train_metacontroller,
@@ -171,6 +172,30 @@ def test_force_switch_gives_per_step_codes():
     assert (beta == 1).all()
 
 
+def test_label_switches_hold_z_over_each_true_segment():
+    from internal_rl.metacontroller.modules import label_switch_gate
+
+    labels = torch.tensor([[0, 0, 1, 1, 1, 2, -1], [3, 3, 3, 0, 0, 0, 0]])
+    mask = labels >= 0
+    gate = label_switch_gate(labels, mask)
+    assert gate.tolist() == [[1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 0, 0, 0]]
+
+    data = two_phase_dataset(8, seed=7)
+    batch = data.batch(np.arange(8))
+    mc = Metacontroller(tiny_config(label_switches=True))
+    nll, out = controlled_forward(ToyBase(data.obs_dim), mc, batch)
+    gate = label_switch_gate(batch["subgoals"], batch["mask"])
+    torch.testing.assert_close(out["beta"], gate)
+    for i in range(8):
+        starts = torch.nonzero(gate[i]).flatten().tolist() + [int(batch["mask"][i].sum())]
+        for a, b in zip(starts[:-1], starts[1:]):
+            torch.testing.assert_close(out["z"][i, a:b], out["z_tilde"][i, a].expand(b - a, -1))
+    with pytest.raises(ConfigError):  # labels are not there at RL time
+        mc.switch_step(torch.zeros(2, 16), mc.init_switch_state(2), torch.zeros(2, 4))
+    with pytest.raises(ConfigError):
+        tiny_config(label_switches=True, force_switch=True)
+
+
 def _constant_beta(mc: Metacontroller, value: float) -> None:
     with torch.no_grad():
         mc.switching_unit.out.weight.zero_()
@@ -304,6 +329,37 @@ def test_planted_two_phase_switch_is_found():
     assert exact["recall"] > 0.95, (exact, summary["final"])  # fires exactly at tau
     assert exact["f1"] > 0.9, (exact, summary["final"])  # and rarely anywhere else
     assert summary["final"]["heldout_nll"] < 0.3
+
+
+def test_alpha_schedule_delays_then_ramps_the_kl():
+    train = replace(TRAIN, steps=6, batch_size=8, alpha_delay_steps=2, alpha_warmup_steps=2, log_every=1)
+    assert [train.alpha_scale(s) for s in range(6)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert TRAIN.alpha_scale(0) == 1.0  # no schedule: the paper's constant alpha
+    data = two_phase_dataset(40, seed=6)
+    charged = []
+    train_metacontroller(ToyBase(data.obs_dim), data, tiny_config(alpha=0.4), train, show_progress=False,
+                         on_step=lambda step, metrics: charged.append(metrics["alpha"]))
+    assert charged == pytest.approx([0.0, 0.0, 0.0, 0.2, 0.4, 0.4])
+    with pytest.raises(ConfigError):
+        replace(TRAIN, alpha_delay_steps=-1)
+
+
+def test_switching_unit_frozen_for_its_first_steps():
+    from internal_rl.common.seeding import seed_everything
+    from internal_rl.metacontroller.training import resolve_config
+
+    data = two_phase_dataset(40, seed=8)
+    base = ToyBase(data.obs_dim)
+    train = replace(TRAIN, steps=3, batch_size=8, switch_freeze_steps=3)
+    config = tiny_config(alpha=0.1)
+    frozen, _ = train_metacontroller(base, data, config, train, show_progress=False)
+    released, _ = train_metacontroller(base, data, config, replace(train, switch_freeze_steps=1), show_progress=False)
+    seed_everything(train.seed)  # training builds its model right after seeding
+    initial = Metacontroller(resolve_config(config, base)).state_dict()
+    for name, value in frozen.state_dict().items():
+        same = torch.equal(value, initial[name])
+        assert same == name.startswith("switching_unit."), name  # only the switching unit is untouched
+    assert not torch.equal(released.switching_unit.hidden.weight, initial["switching_unit.hidden.weight"])
 
 
 def test_checkpoint_resume_equals_uninterrupted(tmp_path):

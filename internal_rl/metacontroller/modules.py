@@ -22,6 +22,9 @@ Choices where the paper is silent (section 10 of the spec), all configurable:
 - z_0 = 0 and beta_1 = 1: the first step always opens a segment (spec gap 10). Internal RL queries its
   policy at the episode start anyway (Algorithm 3), so training and RL agree on it.
 - `force_switch` is the "no temporal abstraction" ablation: beta == 1 in training and in RL.
+- `label_switches` is a diagnostic, not a method: beta is 1 where the true subgoal changes and 0 elsewhere,
+  so training measures the objective (action NLL + alpha KL) that subgoal-aligned switching reaches. A
+  learned switching unit that stops above it is in a local optimum. It needs labels, so it cannot act in RL.
 """
 
 from dataclasses import dataclass
@@ -58,13 +61,16 @@ class MetacontrollerConfig:
     n_s: int = 32
     rank: int | None = 16
     switch_hidden: int = 32
-    switch_bias_init: float = 0.0  # initial beta = sigmoid(switch_bias_init) (before learning)
+    # Initial beta = sigmoid(switch_bias_init) = 0.95: training starts from per-step codes and the switching
+    # unit learns where to hold them (the paper gives no initialisation).
+    switch_bias_init: float = 3.0
     logvar_init: float = 0.0  # initial log-variance of the proposals z~ (0: the prior's)
     embedder_layers: int = 1
     embedder_width: int = 64
     embedder: str = "sequence"  # or "reverse" (per-step summary of the future); see InternalSequenceEmbedder
     alpha: float = 0.1
     force_switch: bool = False
+    label_switches: bool = False
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_z", "enc_hidden", "dec_hidden", "n_h", "n_s", "switch_hidden", "embedder_width"):
@@ -77,6 +83,7 @@ class MetacontrollerConfig:
         )
         check(self.embedder in EMBEDDER_MODES, f"unknown embedder {self.embedder!r}; valid: {', '.join(EMBEDDER_MODES)}")
         check(self.alpha >= 0, f"MetacontrollerConfig.alpha={self.alpha}; expected >= 0")
+        check(not (self.force_switch and self.label_switches), "MetacontrollerConfig: force_switch and label_switches exclude each other")
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -169,6 +176,14 @@ class SwitchingUnit(nn.Module):
         return self.from_context(self.context(e, h_prev), z_prev)
 
 
+def label_switch_gate(labels: Tensor, mask: Tensor) -> Tensor:
+    """beta [B,T] from ground-truth labels [B,T]: 1 at the first step and where the label changes, else 0
+    (padding: 0). The `label_switches` diagnostic's gate."""
+    change = torch.ones_like(mask)
+    change[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    return (change & mask).to(torch.get_default_dtype())
+
+
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last dim: [..., n_z] -> [...]."""
     return 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(-1)
@@ -194,11 +209,13 @@ class Metacontroller(nn.Module):
         *,
         sample: bool = True,
         generator: torch.Generator | None = None,
+        beta: Tensor | None = None,
     ) -> dict[str, Any]:
         """Run over a (padded) batch of residual-stream sequences.
 
         e [B,T,d]; mask [B,T] bool, True on real steps (None: all real; padding must be at the end).
         `sample` draws z~_t = mu_t + sigma_t eps (reparameterised); False uses z~_t = mu_t (analysis).
+        `beta` [B,T] replaces the switching unit's gate (the `label_switches` diagnostic); it must be 1 at t = 0.
         Returns z, z_tilde, mu, logvar [B,T,n_z], beta [B,T], s ([B,n_s], or [B,T,n_s] per step) and `controller`: ControllerParams
         with batch shape [B,T]. Values at padded steps are meaningless and must be masked by the caller.
         """
@@ -219,6 +236,10 @@ class Metacontroller(nn.Module):
         if self.config.force_switch:
             beta = torch.ones(b, t, dtype=e.dtype, device=e.device)
             z = z_tilde
+        elif beta is not None:
+            check(beta.shape == (b, t) and bool((beta[:, 0] == 1).all()), "a given beta must be [B,T] and 1 at t = 0")
+            beta = beta.to(z_tilde.dtype)
+            z = self._hold(beta, z_tilde)
         else:
             beta, z = self._integrate(self.switching_unit.context(x, h_prev), z_tilde)
         return {
@@ -245,6 +266,15 @@ class Metacontroller(nn.Module):
             zs.append(z_prev)
         return torch.stack(betas, dim=1), torch.stack(zs, dim=1)
 
+    @staticmethod
+    def _hold(beta: Tensor, z_tilde: Tensor) -> Tensor:
+        """z_t = beta_t z~_t + (1 - beta_t) z_{t-1} for a given gate beta [B,T]."""
+        z_prev, zs = z_tilde[:, 0], []
+        for t in range(z_tilde.shape[1]):
+            z_prev = beta[:, t, None] * z_tilde[:, t] + (1.0 - beta[:, t, None]) * z_prev
+            zs.append(z_prev)
+        return torch.stack(zs, dim=1)
+
     def init_switch_state(self, batch_size: int) -> Tensor:
         """The causal switching state before the first step, [B, n_h + 1]: the history GRU's h_0 = 0 and a
         'started' flag (0), so that `switch_step` forces beta = 1 at the first step exactly as `forward` does."""
@@ -257,6 +287,8 @@ class Metacontroller(nn.Module):
         Uses only the history GRU and the switching unit, exactly as `forward` does: beta is 1 at the first
         step (and always under `force_switch`).
         """
+        check(not self.config.label_switches, "this metacontroller switched on true subgoal labels (a diagnostic); "
+              "internal RL needs one with a learned switching unit")
         x = self.input_norm(e_t)
         h_prev, started = state[:, :-1], state[:, -1]
         if self.config.force_switch:
@@ -274,6 +306,7 @@ class Metacontroller(nn.Module):
 # A run folder's metacontroller stage, and the checkpoint folder inside it (the pretrain stage's layout).
 METACONTROLLER_DIR = "metacontroller"
 NO_SWITCH_DIR = "metacontroller-no-switch"  # the force_switch (beta == 1) ablation
+LABEL_SWITCHES_DIR = "metacontroller-label-switches"  # the label_switches diagnostic
 CHECKPOINT_SUBDIR = "checkpoint"
 
 

@@ -69,10 +69,11 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
     "quick": ReproducePreset(
         episodes=50_000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2
     ),
-    # The quick model trained 5x longer on 4x the data (about 40 minutes on 2 CPU cores): the smallest budget
-    # measured here at which the base model holds the subgoal in its residual stream (README, Status).
+    # The quick model trained 5x longer on 4x the data, and the metacontroller's "long" schedule (about 50
+    # minutes on 2 CPU cores): the smallest budget measured here at which the base model holds the subgoal in
+    # its residual stream and the metacontroller switches at subgoal changes (README, Status).
     "long": ReproducePreset(
-        episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2,
+        episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="long", rl="quick", seeds=2,
         pretrain_steps=15_000, steer_steps=300,
     ),
     # The paper's budgets (accelerator scale), 3 seeds per method.
