@@ -33,7 +33,7 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path):
         m = results["methods"][method]
         assert 0.0 <= m["final_success"] <= 1.0
         assert "episodes_to_90" in m and m["env_steps"] > 0
-    assert set(results["switching"]) >= {"f1", "nmi", "action_nll", "base_action_nll", "kl_per_episode",
+    assert set(results["switching"]) >= {"f1", "colour_f1", "nmi", "action_nll", "base_action_nll", "kl_per_episode",
                                          "supervised_subgoal_nll"}
     assert "with supervised subgoal controllers" in text
     assert len(results["probes"]["accuracy_by_layer"]) == 7 and "best_layer" in results["probes"]
