@@ -10,8 +10,8 @@ weighted by beta; there is no loss of any kind on beta. Only the metacontroller'
 trained: the base model is frozen (eval mode, requires_grad False) but differentiated through, so the
 action NLL reaches phi via the upper blocks. z~_t is sampled with the reparameterisation trick.
 
-Presets: "paper" (Table A9: 64k steps, batch 512, AdamW lr 1e-3, wd 0.03, constant LR), and "quick" and
-"long" at CPU budgets. These two add a schedule that the paper does not have (0 in "paper"):
+Presets: "paper" (Table A9: 64k steps, batch 512, AdamW lr 1e-3, wd 0.03, constant LR), and "quick", "long" and
+"quick-pinpad" at CPU budgets. These add a schedule that the paper does not have (0 in "paper"):
 - alpha is 0 for `alpha_delay_steps`, then ramps linearly to its target over `alpha_warmup_steps`. Short
   runs otherwise fall into posterior collapse: the decoder's U starts at 0, so the action likelihood gives
   z no gradient at first, and any KL pressure silences z before the decoder learns to read it (grid world,
@@ -105,7 +105,8 @@ PRESETS: dict[str, MetacontrollerTrainConfig] = {
     # whose episodes (~70 steps, Hawk trunk) cost about as much per step as the grid world's.
     "paper-ant": MetacontrollerTrainConfig(steps=32_000, batch_size=128, lr=3e-4),
     "quick-pinpad": MetacontrollerTrainConfig(
-        steps=300, batch_size=32, eval_episodes=128, eval_every=100, checkpoint_every=100
+        steps=300, batch_size=32, alpha_delay_steps=100, alpha_warmup_steps=100, switch_freeze_steps=200,
+        eval_episodes=128, eval_every=100, checkpoint_every=100,
     ),
 }
 
