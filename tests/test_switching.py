@@ -6,6 +6,7 @@ import pytest
 from internal_rl.analysis.switching import (
     EpisodeTrace,
     clustering_nmi,
+    code_probe,
     count_matches,
     label_switches,
     plot_alpha_sweep,
@@ -65,11 +66,11 @@ def test_segment_lengths():
     assert segment_lengths(np.array([], dtype=int), 4).tolist() == [4]
 
 
-def _traces(seed: int, separable: bool) -> list[EpisodeTrace]:
+def _traces(seed: int, separable: bool, episodes: int = 20) -> list[EpisodeTrace]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(4, 3)) * 5
     traces = []
-    for _ in range(20):
+    for _ in range(episodes):
         labels = np.repeat(rng.permutation(4)[:3], 6)
         z = (centres[labels] if separable else np.zeros((18, 3))) + 0.1 * rng.normal(size=(18, 3))
         traces.append(EpisodeTrace(beta=_beta(18, [0, 6, 12]), z=z, nll=np.zeros(18), subgoals=labels, targets=labels))
@@ -83,12 +84,23 @@ def test_nmi_recovers_planted_clusters():
     assert bad["step"] < 0.2
 
 
+def test_code_probe_reads_planted_subgoal_codes_and_not_noise():
+    good = code_probe(_traces(2, separable=True, episodes=100))
+    assert good["segments"] == 300
+    assert good["accuracy"] == 1.0 and good["given_previous"]["accuracy"] == 1.0
+    assert good["majority"] < 0.35 and good["given_previous"]["majority"] < 0.5
+    noise = code_probe(_traces(2, separable=False, episodes=100))
+    assert noise["accuracy"] < noise["majority"] + 0.1
+    assert noise["given_previous"]["accuracy"] < noise["given_previous"]["majority"] + 0.15
+
+
 def test_report_and_plots(tmp_path):
     traces = _traces(1, separable=True)
     report = switching_report(traces)
     assert report["subgoal_switches"]["f1"] == 1.0
     assert report["segment_length"]["mean"] == report["true_subgoal_length"]["mean"] == 6.0
     assert report["switches_per_episode"] == report["true_subgoals_per_episode"] == 3.0
+    assert report["code_probe"]["accuracy"] == 1.0
     assert plot_beta_traces(traces, tmp_path / "beta.png").stat().st_size > 0
     rows = [{"alpha": a, "action_nll": 1 - a, "switches_per_episode": 3 + a, "true_subgoals_per_episode": 3, "f1": 0.5}
             for a in (0.0, 0.1, 0.3)]

@@ -14,6 +14,10 @@ Definitions (the paper gives none; these are ours):
 - NMI between k-means clusters of z and subgoal labels (sklearn), k = number of distinct subgoals:
   "step" clusters the z_t of every valid step; "segment" clusters each predicted segment's mean z against
   the segment's majority label (the unit an abstract action is).
+- Code probe: does a segment's code name its subgoal? A multinomial logistic regression (5-fold
+  cross-validation) from the mean z over each true segment to its subgoal, against always guessing the
+  most common subgoal; and the same within each previous subgoal (a segment's successor is one of a few,
+  so a code could name "the first or the second option" without naming the subgoal), pooled over groups.
 - What the codes explain: the held-out action NLL of the controlled base model against the base model alone
   on the same steps, and the rate (KL to the prior, nats per episode) paid for the difference. A posterior
   collapse shows as no NLL gain at zero rate.
@@ -29,7 +33,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
+from sklearn.model_selection import cross_val_predict
 from threadpoolctl import threadpool_limits
 
 from internal_rl.analysis.plots import colour
@@ -165,6 +171,41 @@ def _nmi(traces: Sequence[EpisodeTrace], z: np.ndarray, labels: np.ndarray, k: i
 
 
 @torch.no_grad()
+def code_probe(traces: Sequence[EpisodeTrace], folds: int = 5) -> dict[str, Any]:
+    """How well a linear read-out of the segment codes predicts the subgoal, against the majority guess."""
+    codes, labels, previous = [], [], []
+    for tr in traces:
+        bounds = np.concatenate([[0], label_switches(tr.subgoals), [len(tr.subgoals)]])
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            codes.append(tr.z[a:b].mean(0))
+            labels.append(int(tr.subgoals[a]))
+            previous.append(int(tr.subgoals[bounds[k - 1]]) if k else -1)
+    codes, labels, previous = np.stack(codes), np.array(labels), np.array(previous)
+    overall = _probe_accuracy(codes, labels, folds)
+    correct = chance = counted = 0.0
+    for p in np.unique(previous[previous >= 0]):
+        group = previous == p
+        accuracy = _probe_accuracy(codes[group], labels[group], folds)
+        if accuracy is not None:
+            n = group.sum()
+            correct, chance, counted = correct + accuracy["accuracy"] * n, chance + accuracy["majority"] * n, counted + n
+    return {
+        "segments": int(len(labels)),
+        **(overall or {"accuracy": None, "majority": None}),
+        "given_previous": {"accuracy": correct / counted, "majority": chance / counted} if counted else None,
+    }
+
+
+def _probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int) -> dict[str, float] | None:
+    """Cross-validated accuracy of a logistic regression x -> y; None when there are too few examples."""
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2 or counts.min() < folds:
+        return None
+    with threadpool_limits(1):
+        predicted = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=folds)
+    return {"accuracy": float((predicted == y).mean()), "majority": float(counts.max() / len(y))}
+
+
 def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, dataset: Any, max_episodes: int,
                    batch_size: int = 256) -> list[EpisodeTrace]:
     """Run the controlled base model over the first `max_episodes` of `dataset` (z~ = mu) and keep per-episode traces."""
@@ -210,6 +251,7 @@ def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str,
         "subgoal_switches_with_start": switch_metrics(betas, [tr.subgoals for tr in traces], include_start=True),
         "colour_switches": switch_metrics(betas, [tr.targets for tr in traces]),
         "nmi": clustering_nmi(traces, seed=seed),
+        "code_probe": code_probe(traces),
         "segment_length": _length_stats(pred_lengths),
         "true_subgoal_length": _length_stats(true_lengths),
         "switches_per_episode": float(np.mean([len(predicted_switches(b)) for b in betas])),
