@@ -82,6 +82,10 @@ def test_generate_mean_actions(tmp_path, capsys):
     manifest = load_json(out / "manifest.json")
     assert manifest["expert_mean_actions"] is True and manifest["expert_config"]["noise_std"] == 0.0
     capsys.readouterr()
-    assert main(["generate", "gridworld", "--episodes", "3", "--out", str(tmp_path / "g"), "--mean-actions"]) == 2
-    assert "pinpad envs only" in one_line_error(capsys)
-    assert not (tmp_path / "g").exists()
+    assert main(["generate", "gridworld", "--episodes", "3", "--out", str(tmp_path / "g"), "--mean-actions"]) == 0
+    assert load_json(tmp_path / "g" / "manifest.json")["expert_mean_actions"] is True
+    capsys.readouterr()
+    args = ["generate", "gridworld", "--episodes", "3", "--out", str(tmp_path / "h"), "--mean-actions", "--epsilon", "0.1"]
+    assert main(args) == 2
+    assert "noiseless expert" in one_line_error(capsys)
+    assert not (tmp_path / "h").exists()

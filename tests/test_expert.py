@@ -59,14 +59,15 @@ def test_distance_maps_match_breadth_first_search() -> None:
 
 
 @FAST
-@given(seed=st.integers(0, 2**31 - 1), task=st.lists(st.integers(0, 7), min_size=1, max_size=12).map(tuple))
-def test_expert_solves_every_solvable_task_on_a_shortest_path(seed: int, task: tuple[int, ...]) -> None:
+@given(seed=st.integers(0, 2**31 - 1), task=st.lists(st.integers(0, 7), min_size=1, max_size=12).map(tuple),
+       noiseless=st.booleans())
+def test_expert_solves_every_solvable_task_on_a_shortest_path(seed: int, task: tuple[int, ...], noiseless: bool) -> None:
     config = GridWorldConfig()
     n = 16
     env = BatchedGridWorld(config, n)
     env.reset(seed=seed, tasks=[task] * n)
     layouts, starts = env.layouts.copy(), env.agent_pos.copy()
-    expert, rng = GridExpert(config), np.random.default_rng(seed)
+    expert, rng = GridExpert(config, noiseless=noiseless), np.random.default_rng(seed)
     success = np.zeros(n, dtype=bool)
     while not env.done.all():
         _, reward, _, _, _ = env.step(expert.act(env, rng), with_obs=False)
@@ -77,6 +78,21 @@ def test_expert_solves_every_solvable_task_on_a_shortest_path(seed: int, task: t
         assert success[i] == solvable, (i, optimal)
         if solvable:
             assert env.t[i] == optimal, "the expert walks shortest paths only"
+
+
+def test_noiseless_expert_takes_the_first_shortest_path_action_whatever_the_rng():
+    config = GridWorldConfig()
+    env = BatchedGridWorld(config, 64)
+    env.reset(seed=3)
+    noisy, noiseless = GridExpert(config), GridExpert(config, noiseless=True)
+    first = noiseless.act(env, np.random.default_rng(0))
+    assert np.array_equal(first, noiseless.act(env, np.random.default_rng(1)))
+    # Every action the noisy expert ever takes here is optimal; the noiseless one takes the lowest of them.
+    seen = np.stack([noisy.act(env, np.random.default_rng(k)) for k in range(64)])  # [draws, N]
+    assert np.array_equal(first, seen.min(axis=0))
+    assert (seen != first).any(), "some states have several shortest-path actions"
+    with pytest.raises(ConfigError, match="noiseless"):
+        GridExpert(config, epsilon=0.1, noiseless=True)
 
 
 def failing_actions(env: BatchedGridWorld) -> np.ndarray:

@@ -46,7 +46,8 @@ def _grid_config(config: Any, tasks: Sequence[Task] | None) -> Any:
     return with_tasks(GridWorldConfig() if config is None else config, tasks)
 
 
-def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float,
+                  noiseless: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Roll the expert out in `num_envs` fresh environments until all are done.
 
     Returns (arrays in the dataset format for the successful episodes, success flags [num_envs]).
@@ -55,7 +56,7 @@ def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tupl
     from internal_rl.envs.expert import GridExpert
 
     env = BatchedGridWorld(config, num_envs)
-    expert = GridExpert(config, epsilon=epsilon)
+    expert = GridExpert(config, epsilon=epsilon, noiseless=noiseless)
     rng = np.random.default_rng(derive_seed(seed, "expert"))
     subgoal_table = env_spec("gridworld").subgoal_table(config.n_colours)
 
@@ -92,13 +93,14 @@ def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float) -> tupl
     return arrays, success
 
 
-# map_chunks(config, epsilon, [(num_envs, seed), ...]) -> the `rollout_chunk` results, in the given order.
-MapChunks = Callable[[Any, float, list[tuple[int, int]]], Iterable[tuple[dict[str, np.ndarray], np.ndarray]]]
+# map_chunks(config, epsilon, noiseless, [(num_envs, seed), ...]) -> the `rollout_chunk` results, in order.
+MapChunks = Callable[[Any, float, bool, list[tuple[int, int]]], Iterable[tuple[dict[str, np.ndarray], np.ndarray]]]
 
 
-def map_chunks_locally(config: Any, epsilon: float, chunks: list[tuple[int, int]]) -> Iterable[tuple[dict[str, np.ndarray], np.ndarray]]:
+def map_chunks_locally(config: Any, epsilon: float, noiseless: bool,
+                       chunks: list[tuple[int, int]]) -> Iterable[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Roll the chunks out one after another in this process (the default `MapChunks`)."""
-    return (rollout_chunk(config, num_envs, seed, epsilon) for num_envs, seed in chunks)
+    return (rollout_chunk(config, num_envs, seed, epsilon, noiseless) for num_envs, seed in chunks)
 
 
 def plan_round(needed: int, rate: float, batch_size: int) -> list[int]:
@@ -186,7 +188,8 @@ def generate_trajectories(
     returns `rollout_chunk`'s results in order gives the same arrays.
     For the pinpad envs (`config` default: the env's; the ant's: the one its expert was trained in), the
     expert's Gaussian force noise replaces epsilon (which must be 0), and `mean_actions` records its
-    noiseless mean actions instead (the paper's D*). Either way `show_progress` shows a bar of the kept
+    noiseless mean actions instead (the paper's D*); for the grid world `mean_actions` is the noiseless
+    expert (`GridExpert`: a fixed order among the shortest-path actions). Either way `show_progress` shows a bar of the kept
     episodes, and the manifest's `episodes_attempted` counts every episode rolled out.
     """
     _check_env(env)
@@ -202,9 +205,8 @@ def generate_trajectories(
         if map_chunks is not map_chunks_locally:
             raise ConfigError(f"distributed generation (--ray) supports gridworld only, not {env}")
         return _pinpad_trajectories(env, episodes, seed, tasks, config, mean_actions, show_progress)
-    if mean_actions:
-        raise ConfigError("mean_actions (--mean-actions) applies to the pinpad envs only; the grid-world expert's "
-                          "randomness is epsilon")
+    if mean_actions and epsilon:
+        raise ConfigError(f"mean_actions (--mean-actions) is the noiseless expert; it takes no epsilon (got {epsilon})")
     config = _grid_config(config, tasks)
 
     parts: list[dict[str, np.ndarray]] = []
@@ -224,7 +226,7 @@ def generate_trajectories(
             sizes = plan_round(episodes - collected, rate, batch_size)
             chunks = [(size, derive_seed(seed, "batch", batch_index + i)) for i, size in enumerate(sizes)]
             batch_index += len(chunks)
-            for (num_envs, _), (arrays, success) in zip(chunks, map_chunks(config, epsilon, chunks), strict=True):
+            for (num_envs, _), (arrays, success) in zip(chunks, map_chunks(config, epsilon, mean_actions, chunks), strict=True):
                 attempted += num_envs
                 succeeded += int(success.sum())
                 parts.append(arrays)
@@ -238,6 +240,7 @@ def generate_trajectories(
         "seed": int(seed),
         "expert": "GridExpert",
         "expert_epsilon": float(epsilon),
+        "expert_mean_actions": bool(mean_actions),
         "expert_success_rate": succeeded / attempted,
         "episodes_attempted": attempted,
         "generation_batch_size": int(batch_size),

@@ -28,14 +28,15 @@ def ray_map_chunks(workers: int | None = None) -> MapChunks:
     ray = require_ray()
     remote_chunk = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(rollout_chunk)
 
-    def map_chunks(config: Any, epsilon: float, chunks: list[tuple[int, int]]) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    def map_chunks(config: Any, epsilon: float, noiseless: bool,
+                   chunks: list[tuple[int, int]]) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         config_ref = ray.put(config)
         todo, pending = deque(chunks), deque()
 
         def submit() -> None:
             if todo:
                 num_envs, seed = todo.popleft()
-                pending.append(remote_chunk.remote(config_ref, num_envs, seed, epsilon))
+                pending.append(remote_chunk.remote(config_ref, num_envs, seed, epsilon, noiseless))
 
         for _ in range((workers or cluster_cpus()) + 1):  # one queued beyond the running ones keeps workers busy
             submit()

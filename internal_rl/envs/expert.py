@@ -5,7 +5,10 @@ uniformly among the actions that start one (this randomness is what makes the de
 "stochastic"). Paths may not cross walls or any other colour, because stepping on a non-target colour
 ends the episode. With probability epsilon per step the action is instead drawn uniformly among the
 actions that do not end the episode in failure (the paper's Fig. A2 robustness study; default 0). If
-the target cannot be reached it also acts randomly among the non-failing actions.
+the target cannot be reached it also acts randomly among the non-failing actions. The `noiseless` expert
+takes the first shortest-path action in a fixed order (up, right, down, left) instead of a random one: the
+grid world's counterpart of the pinpad experts' mean actions, for the cleaner data D* (paper App. C.4.4;
+the paper says only that D* is cleaner; the fixed order is ours).
 
 Shortest-path distances are computed by dynamic programming for every (environment, colour) pair at
 once: a min-plus relaxation of the whole batch of distance maps, repeated until nothing changes (a
@@ -90,11 +93,14 @@ def distance_maps(layouts: np.ndarray, config: GridWorldConfig) -> np.ndarray:
 class GridExpert:
     """Stochastic shortest-path expert for a `BatchedGridWorld` (paper App. C.1)."""
 
-    def __init__(self, config: GridWorldConfig, epsilon: float = 0.0):
+    def __init__(self, config: GridWorldConfig, epsilon: float = 0.0, noiseless: bool = False):
         if not 0.0 <= epsilon <= 1.0:
             raise ConfigError(f"expert epsilon must be in [0, 1], got {epsilon!r}")
+        if noiseless and epsilon:
+            raise ConfigError(f"the noiseless expert takes no random actions; got epsilon={epsilon}")
         self.config = config
         self.epsilon = float(epsilon)
+        self.noiseless = bool(noiseless)
         width = config.size + 2
         # Padded-grid index displacement of each action (0 up, 1 right, 2 down, 3 left).
         self._deltas = np.array([-width, 1, width, -1], dtype=np.int64)
@@ -130,8 +136,12 @@ class GridExpert:
         safe[~safe.any(axis=1)] = True
         explore = (rng.random(n) < self.epsilon) | (best[:, 0] == self._unreachable)
         allowed = np.where(explore[:, None], safe, optimal)
-        # Uniform choice among the allowed actions: the largest of i.i.d. uniform scores.
-        scores = np.where(allowed, rng.random((n, N_ACTIONS)), -1.0)
+        # Uniform choice among the allowed actions: the largest of i.i.d. uniform scores; the noiseless
+        # expert scores them by a fixed order instead (the draw is kept, so both use `rng` alike).
+        scores = rng.random((n, N_ACTIONS))
+        if self.noiseless:
+            scores = np.broadcast_to(np.linspace(1.0, 0.5, N_ACTIONS), (n, N_ACTIONS))
+        scores = np.where(allowed, scores, -1.0)
         actions = scores.argmax(axis=1)
         return np.where(target >= 0, actions, 0)
 
