@@ -129,6 +129,16 @@ def _analyse(args: argparse.Namespace) -> None:
     from internal_rl.analysis.switching import alpha_sweep, analyse_run
 
     run = Path(args.run)
+    if args.code_replay:
+        from internal_rl.analysis.code_replay import replay_run
+        from internal_rl.envs.tasks import parse_task
+
+        result = replay_run(run, parse_task(args.code_replay), stage_name=args.stage, episodes=args.episodes)
+        demo, prior = result["demonstration"], result["prior"]
+        print(f"task {args.code_replay}, {result['solvable_layouts']} layouts the expert solves: success "
+              f"{demo['success']:.3f} with the codes inferred from its demonstrations, {prior['success']:.3f} with "
+              f"codes from the prior; colours reached {demo['colours_reached']:.2f} vs {prior['colours_reached']:.2f}")
+        return
     if args.alpha_sweep:
         result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
                              max_episodes=args.episodes)
@@ -196,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks", nargs="+", metavar="TASK", help="tasks to sample from, e.g. 0-1-2-3 (default: pretraining tasks)"
     )
     p.add_argument("--mean-actions", action="store_true",
-                   help="pinpad envs: record the expert's mean (noiseless) actions, the paper's cleaner data D*")
+                   help="record the expert's noiseless actions, the paper's cleaner data D*: the mean of the pinpad "
+                        "experts' Gaussian; for the grid world, the first shortest-path action in a fixed order")
     _add_ray_options(p, "roll the expert out")
     p.set_defaults(func=_generate)
 
@@ -264,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder with a trained metacontroller")
     p.add_argument("--stage", default="metacontroller", help="metacontroller stage folder inside RUN")
     p.add_argument("--data", help="dataset folder (default: the one the metacontroller was trained on)")
-    p.add_argument("--episodes", type=int, default=1000, help="held-out episodes to analyse")
+    p.add_argument("--episodes", type=int, default=1000, help="held-out episodes to analyse (or layouts to replay)")
+    p.add_argument("--code-replay", metavar="TASK",
+                   help="instead: replay the codes the metacontroller infers from expert demonstrations of TASK "
+                        "(e.g. 0-1-2-3) in the internal-RL env, against codes from the prior (grid world)")
     p.add_argument("--alpha-sweep", type=_float_list, metavar="A,B,...",
                    help="instead: train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
     p.add_argument("--preset", default="quick", help="training preset for --alpha-sweep")

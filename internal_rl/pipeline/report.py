@@ -107,10 +107,17 @@ def collect_results(run: Path) -> dict[str, Any]:
                 "switches_per_episode": report["switches_per_episode"],
                 **{k: report[k] for k in ("action_nll", "base_action_nll", "kl_per_episode") if k in report},
             }
+            if "code_probe" in report:
+                probe = report["code_probe"]
+                results[key]["code_probe"] = {"accuracy": probe["accuracy"], "majority": probe["majority"],
+                                              "given_previous": probe["given_previous"]}
             hook = report["metacontroller"].get("hook")
             supervised = [r["fit"]["heldout_nll_controlled"] for r in (steering or {}).get("layers", []) if r["hook"] == hook]
             if supervised:
                 results[key]["supervised_subgoal_nll"] = supervised[0]
+    replay = _load(run / "code_replay.json")
+    if replay:
+        results["code_replay"] = {key: replay[key] for key in ("task", "solvable_layouts", "demonstration", "prior")}
     results["methods"] = rl_summary(run)
     videos = _load(run / "videos" / "videos.json")
     if videos:
@@ -170,9 +177,42 @@ def _explained_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         name = "learned switching" if key == "switching" else "beta = 1 ablation"
         lines.append(f"| {name} | {_fmt(s['base_action_nll'])} | {_fmt(s['action_nll'])} "
                      f"| {_fmt(s.get('supervised_subgoal_nll'))} | {_fmt(s['kl_per_episode'], 2)} |")
-    return lines + ["", "Action NLL is per step on held-out episodes. The supervised controllers (the steering stage, "
-                    "same layer, told the true subgoal) show what subgoal information is worth to this base model; "
-                    "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes.", ""]
+    lines += ["", "Action NLL is per step on held-out episodes. The supervised controllers (the steering stage, "
+              "same layer, told the true subgoal) show what subgoal information is worth to this base model; "
+              "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes.", ""]
+    return lines + _code_probe_lines(rows)
+
+
+def _code_probe_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Do the codes name the subgoal? The linear code probe of the switching analysis, against chance."""
+    rows = [(k, s["code_probe"]) for k, s in rows if s.get("code_probe")]
+    if not rows:
+        return []
+    lines = ["| metacontroller | code -> subgoal, linear probe | majority guess | given the previous subgoal | majority guess |",
+             "|---|---|---|---|---|"]
+    for key, probe in rows:
+        name = "learned switching" if key == "switching" else "beta = 1 ablation"
+        given = probe.get("given_previous") or {}
+        lines.append(f"| {name} | {_fmt(probe['accuracy'])} | {_fmt(probe['majority'])} "
+                     f"| {_fmt(given.get('accuracy'))} | {_fmt(given.get('majority'))} |")
+    return lines + ["", "Each true segment's mean code, read out by a logistic regression (5-fold cross-validation). "
+                    "Internal RL can only choose subgoals the codes can name: a probe at the majority guess means "
+                    "the codes carry something else (in the paper they cluster by subgoal).", ""]
+
+
+def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:
+    """How far the codes inferred from expert demonstrations take the base model on the RL task."""
+    if not replay:
+        return []
+    task = "-".join(str(c) for c in replay["task"])
+    lines = [f"Code replay on the RL task {task} ({replay['solvable_layouts']} layouts the expert solves):", "",
+             "| codes | success | colours reached | decisions per episode |", "|---|---|---|---|"]
+    for key, name in (("demonstration", "inferred from expert demonstrations"), ("prior", "drawn from the prior N(0, I)")):
+        r = replay[key]
+        lines.append(f"| {name} | {_fmt(r['success'])} | {_fmt(r['colours_reached'], 2)} | {_fmt(r['decisions_per_episode'], 2)} |")
+    return lines + ["", "The metacontroller's encoder reads each expert demonstration; its codes are then replayed, one per "
+                    "switch, in the internal-RL environment on the same layouts. Internal RL starts from the prior; "
+                    "replayed codes that barely beat it mean the code space does not carry what the task needs.", ""]
 
 
 def write_report(run: Path) -> Path:
@@ -259,6 +299,7 @@ def write_report(run: Path) -> Path:
                   "is a colour pair). The F1 against every colour change shows a metacontroller that segments at "
                   "single colours instead.", ""]
         lines += _explained_lines(rows)
+        lines += _code_replay_lines(results.get("code_replay"))
         lines += _image(run, "switching_beta.png", "beta traces with true subgoal switches")
     else:
         lines += ["_no metacontroller_", ""]

@@ -118,6 +118,7 @@ VIDEOS = "videos"
 
 def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = True) -> list[Stage]:
     """The pipeline of `env` (any registered environment) as a list of resumable stages."""
+    from internal_rl.analysis.code_replay import replay_run
     from internal_rl.analysis.switching import analyse_run
     from internal_rl.data.generate import generate_dataset
     from internal_rl.envs.registry import env_spec
@@ -171,7 +172,11 @@ def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = Tru
             )
             stage = "metacontroller-no-switch" if force_switch else "metacontroller"
             report = analyse_run(out, stage_name=stage)
-            return {"f1": report["subgoal_switches"]["f1"], "nmi": report["nmi"]["segment"]}
+            summary = {"f1": report["subgoal_switches"]["f1"], "nmi": report["nmi"]["segment"]}
+            if env == "gridworld" and not force_switch:  # the replay needs the grid world's expert
+                replay = replay_run(out, preset.task, seed=preset.seed)
+                summary["code_replay_success"] = replay["demonstration"]["success"]
+            return summary
 
         return run
 

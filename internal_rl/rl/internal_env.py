@@ -139,9 +139,12 @@ class BatchedInternalEnv:
         self.generator = torch.Generator()  # the base model's action sampling
         self._started = False
 
-    def reset(self, seed: int, tasks: list[Task] | None = None) -> None:
-        """Start N new episodes: layouts from `seed`, one task per episode (default: the config's tasks)."""
-        self.env.reset(seed=derive_seed(seed, "layouts"), tasks=tasks)
+    def reset(self, seed: int, tasks: list[Task] | None = None, layout_seed: int | None = None) -> None:
+        """Start N new episodes: layouts from `seed`, one task per episode (default: the config's tasks).
+
+        `layout_seed`, if given, is passed to the task env's own reset instead, to replay the layouts of
+        another rollout of the same env (e.g. the expert's, `analysis/code_replay.py`)."""
+        self.env.reset(seed=derive_seed(seed, "layouts") if layout_seed is None else layout_seed, tasks=tasks)
         self.generator.manual_seed(derive_seed(seed, "base-model-actions"))
         n = self.num_envs
         self.decoding_state = self.base_model.init_state(n, self.horizon)
