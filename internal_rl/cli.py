@@ -60,9 +60,10 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _rl(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
-    from internal_rl.rl.training import posttrain_task_of_run, rl_preset, run_rl_seeds
+    from internal_rl.rl.training import posttrain_task_of_run, rl_config, run_rl_seeds
 
-    rl_preset(args.preset, args.method)  # a bad preset fails before Ray starts
+    # A bad preset or override fails before Ray starts or any model loads.
+    rl_config(args.preset, args.method, episodes=args.episodes, lr=args.lr, batch=args.batch)
     workers = None
     if _on_ray(args):
         from internal_rl.distributed.rollouts import RayRolloutWorkers
@@ -76,6 +77,7 @@ def _rl(args: argparse.Namespace) -> None:
         args.preset,
         episodes=args.episodes,
         lr=args.lr,
+        batch=args.batch,
         first_seed=args.first_seed,
         workers=workers,
     )
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RL preset, a name in rl.training.PRESETS (default: quick); a bad one is refused with the list")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the preset)")
+    p.add_argument("--batch", type=int, default=None, help="episodes per PPO update (overrides the preset)")
     _add_ray_options(p, "collect the episodes")
     p.set_defaults(func=_rl)
 

@@ -89,3 +89,11 @@ def test_generate_mean_actions(tmp_path, capsys):
     assert main(args) == 2
     assert "noiseless expert" in one_line_error(capsys)
     assert not (tmp_path / "h").exists()
+
+
+def test_rl_batch_override_is_checked(tmp_path, capsys):
+    from internal_rl.rl.training import rl_config
+
+    assert rl_config("quick", "internal", batch=256, lr=1e-3).ppo.episodes_per_batch == 256
+    assert main(["rl", "--run", str(tmp_path), "--method", "internal", "--batch", "1"]) == 2
+    assert "episodes_per_batch must be >= 2" in one_line_error(capsys)

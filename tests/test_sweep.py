@@ -42,6 +42,7 @@ def test_a_good_sweep_file_gives_every_trial(tmp_path):
     ({"grid": {"lr": ["fast"]}}, "grid.lr must be a non-empty list of positive numbers"),
     ({"grid": {"episodes": [0]}}, "grid.episodes must be a non-empty list of positive integers"),
     ({"grid": {"episodes": [1.5]}}, "grid.episodes must be a non-empty list of positive integers"),
+    ({"grid": {"batch": [1]}}, "grid.batch must be a non-empty list of integers >= 2"),
     ({"grid": {"gamma": [0.9]}}, "unknown sweep hyperparameter 'gamma'"),
     ({"grid": [0.1]}, "'grid' must map"),
     ({"cpus_per_trial": True}, "cpus_per_trial True"),

@@ -43,6 +43,7 @@ def _non_empty_list_of(values: Any, accepts: Callable[[Any], bool]) -> bool:
 HYPERPARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (lambda v: _is_number(v) and v > 0, "positive numbers"),
     "episodes": (lambda v: _is_int(v) and v >= 1, "positive integers"),
+    "batch": (lambda v: _is_int(v) and v >= 2, "integers >= 2"),
 }
 
 

@@ -462,24 +462,29 @@ def run_rl_seeds(
     *,
     episodes: int | None = None,
     lr: float | None = None,
+    batch: int | None = None,
     first_seed: int = 0,
     show_progress: bool = True,
     workers: RolloutWorkers | None = None,
 ) -> list[dict[str, Any]]:
     """`run_rl` for seeds first_seed .. first_seed + seeds - 1 with the named preset (and overrides)."""
     check(seeds >= 1, f"--seeds {seeds}; expected >= 1")
-    config = rl_config(preset, method, episodes=episodes, lr=lr)
+    config = rl_config(preset, method, episodes=episodes, lr=lr, batch=batch)
     return [
         run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers)
         for seed in range(first_seed, first_seed + seeds)
     ]
 
 
-def rl_config(preset: str, method: str, *, episodes: int | None = None, lr: float | None = None) -> RLConfig:
-    """The named preset for `method` with the episode budget and learning rate overridden where given."""
+def rl_config(preset: str, method: str, *, episodes: int | None = None, lr: float | None = None,
+              batch: int | None = None) -> RLConfig:
+    """The named preset for `method` with the episode budget, learning rate and episodes per PPO batch
+    overridden where given."""
     config = rl_preset(preset, method)
     if episodes is not None:
         config = replace(config, total_episodes=episodes)
     if lr is not None:
         config = replace(config, ppo=replace(config.ppo, lr=lr))
+    if batch is not None:
+        config = replace(config, ppo=replace(config.ppo, episodes_per_batch=batch))
     return config
