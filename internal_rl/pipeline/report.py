@@ -196,8 +196,8 @@ def _code_probe_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         lines.append(f"| {name} | {_fmt(probe['accuracy'])} | {_fmt(probe['majority'])} "
                      f"| {_fmt(given.get('accuracy'))} | {_fmt(given.get('majority'))} |")
     return lines + ["", "Each true segment's mean code, read out by a logistic regression (5-fold cross-validation). "
-                    "Internal RL can only choose subgoals the codes can name: a probe at the majority guess means "
-                    "the codes carry something else (in the paper they cluster by subgoal).", ""]
+                    "A probe at the majority guess means the codes do not name the subgoal (in the paper they "
+                    "cluster by subgoal): internal RL must then find, layout by layout, the codes that lead to it.", ""]
 
 
 def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:
