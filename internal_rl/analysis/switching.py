@@ -170,7 +170,6 @@ def _nmi(traces: Sequence[EpisodeTrace], z: np.ndarray, labels: np.ndarray, k: i
     return out
 
 
-@torch.no_grad()
 def code_probe(traces: Sequence[EpisodeTrace], folds: int = 5) -> dict[str, Any]:
     """How well a linear read-out of the segment codes predicts the subgoal, against the majority guess."""
     codes, labels, previous = [], [], []
@@ -206,6 +205,7 @@ def _probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int) -> dict[str, float
     return {"accuracy": float((predicted == y).mean()), "majority": float(counts.max() / len(y))}
 
 
+@torch.no_grad()
 def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, dataset: Any, max_episodes: int,
                    batch_size: int = 256) -> list[EpisodeTrace]:
     """Run the controlled base model over the first `max_episodes` of `dataset` (z~ = mu) and keep per-episode traces."""
