@@ -236,7 +236,7 @@ def write_report(run: Path) -> Path:
                   "layouts, discarded).", ""]
         clean = results.get("data_clean")
         if clean:
-            lines += [f"Cleaner data D* (the expert's mean actions) for the supervised controllers and the "
+            lines += [f"Cleaner data D* (the expert's noiseless actions) for the supervised controllers and the "
                       f"metacontroller: {clean.get('episodes')} episodes ({clean.get('steps')} steps), expert success "
                       f"{_fmt(clean.get('expert_success_rate'))}.", ""]
     else:
