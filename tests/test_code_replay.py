@@ -1,6 +1,7 @@
 """Code replay: the expert's layouts are replayed exactly, and every layout the expert solves is scored."""
 
 import numpy as np
+import pytest
 
 from internal_rl.analysis.code_replay import demonstration_codes, replay_codes
 from internal_rl.common.config import replace
@@ -36,10 +37,11 @@ def test_demonstration_codes_start_at_step_zero_and_follow_the_switch():
     assert max(len(c) for c in codes) > 1  # the tiny switch fires now and then
 
 
-def test_replay_scores_the_solvable_layouts():
+@pytest.mark.parametrize("noiseless", [False, True])
+def test_replay_scores_the_solvable_layouts(noiseless):
     base, metacontroller = tiny_models()
-    result = replay_codes(base, metacontroller, TASK, episodes=16, seed=2, env_config=GRID)
-    assert 0 < result["solvable_layouts"] <= 16
+    result = replay_codes(base, metacontroller, TASK, episodes=16, seed=2, env_config=GRID, noiseless=noiseless)
+    assert 0 < result["solvable_layouts"] <= 16 and result["noiseless_demonstrations"] is noiseless
     for key in ("demonstration", "prior"):
         r = result[key]
         assert 0.0 <= r["success"] <= 1.0 and 0.0 <= r["colours_reached"] <= len(TASK)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from internal_rl.common.config import save_json
+from internal_rl.common.config import load_json, save_json
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.gridworld import GridWorldConfig
@@ -48,15 +48,17 @@ def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, 
 
 @torch.no_grad()
 def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: Task, *, episodes: int = 256,
-                 seed: int = 0, env_config: GridWorldConfig | None = None) -> dict[str, Any]:
-    """Success on `task` with codes inferred from expert demonstrations, against codes from the prior."""
+                 seed: int = 0, env_config: GridWorldConfig | None = None, noiseless: bool = False) -> dict[str, Any]:
+    """Success on `task` with codes inferred from expert demonstrations, against codes from the prior.
+
+    `noiseless`: the demonstrations come from the noiseless expert (for a metacontroller trained on D*)."""
     from internal_rl.data.dataset import TrajectoryDataset
     from internal_rl.data.generate import rollout_chunk
 
     check(isinstance(episodes, int) and episodes >= 1, f"code replay: episodes={episodes!r}; expected an int >= 1")
     config = with_tasks(GridWorldConfig() if env_config is None else env_config, [task])
     layout_seed = derive_seed(seed, "reset")  # the layouts rollout_chunk(config, episodes, seed) draws
-    arrays, solved = rollout_chunk(config, episodes, seed, 0.0)
+    arrays, solved = rollout_chunk(config, episodes, seed, 0.0, noiseless)
     solvable = np.flatnonzero(solved)
     if solvable.size == 0:
         raise ConfigError(f"code replay: the expert solved none of {episodes} layouts of task {task}")
@@ -92,6 +94,7 @@ def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: T
     return {
         "task": list(task),
         "layouts": episodes,
+        "noiseless_demonstrations": bool(noiseless),
         "solvable_layouts": int(solvable.size),
         "demonstration_codes_per_episode": float(np.mean([len(c) for c in codes.values()])),
         "demonstration": run(demonstration),
@@ -102,6 +105,7 @@ def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: T
 def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller", episodes: int = 256,
                seed: int = 0) -> dict[str, Any]:
     """`replay_codes` for RUN's base model and metacontroller stage; writes RUN/code_replay.json."""
+    from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
     from internal_rl.models.base_model import load_base_model
     from internal_rl.rl.training import env_config_of_run
@@ -112,9 +116,13 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller",
     if not isinstance(config, GridWorldConfig):
         raise ConfigError("code replay needs the grid world's expert (it replays the expert's layouts); "
                           f"{run_dir} was pretrained in {type(config).__name__}")
-    metacontroller = load_metacontroller(find_metacontroller_checkpoint(run_dir / stage_name))
+    checkpoint = find_metacontroller_checkpoint(run_dir / stage_name)
+    metacontroller = load_metacontroller(checkpoint)
+    # Demonstrations like the metacontroller's training data: the noiseless expert's if it trained on D*.
+    data = Path(load_checkpoint(checkpoint)[1]["dataset"]["path"])
+    noiseless = bool(load_json(data / "manifest.json").get("expert_mean_actions", False)) if data.is_dir() else False
     result = {"stage": stage_name, **replay_codes(base, metacontroller, task, episodes=episodes, seed=seed,
-                                                  env_config=config)}
+                                                  env_config=config, noiseless=noiseless)}
     suffix = "" if stage_name == "metacontroller" else f"_{stage_name}"
     save_json(run_dir / REPLAY_FILE.replace(".json", f"{suffix}.json"), result)
     return result
