@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from internal_rl.common.config import load_json, save_json
+from internal_rl.common.config import save_json
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.gridworld import GridWorldConfig
@@ -106,6 +106,7 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller",
                seed: int = 0) -> dict[str, Any]:
     """`replay_codes` for RUN's base model and metacontroller stage; writes RUN/code_replay.json."""
     from internal_rl.common.checkpoint import load_checkpoint
+    from internal_rl.data.dataset import read_manifest
     from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
     from internal_rl.models.base_model import load_base_model
     from internal_rl.rl.training import env_config_of_run
@@ -118,9 +119,10 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller",
                           f"{run_dir} was pretrained in {type(config).__name__}")
     checkpoint = find_metacontroller_checkpoint(run_dir / stage_name)
     metacontroller = load_metacontroller(checkpoint)
-    # Demonstrations like the metacontroller's training data: the noiseless expert's if it trained on D*.
+    # Demonstrations like the metacontroller's training data: the noiseless expert's if it trained on D*
+    # (if that dataset has moved, the expert's usual ones; the result records which).
     data = Path(load_checkpoint(checkpoint)[1]["dataset"]["path"])
-    noiseless = bool(load_json(data / "manifest.json").get("expert_mean_actions", False)) if data.is_dir() else False
+    noiseless = data.is_dir() and bool(read_manifest(data).get("expert_mean_actions", False))
     result = {"stage": stage_name, **replay_codes(base, metacontroller, task, episodes=episodes, seed=seed,
                                                   env_config=config, noiseless=noiseless)}
     suffix = "" if stage_name == "metacontroller" else f"_{stage_name}"
