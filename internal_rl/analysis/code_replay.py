@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from internal_rl.analysis.switching import predicted_switches
 from internal_rl.common.config import save_json
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task, with_tasks
-from internal_rl.rl.internal_env import BETA_THRESHOLD, BatchedInternalEnv
+from internal_rl.rl.internal_env import BatchedInternalEnv
 
 REPLAY_FILE = "code_replay.json"
 
@@ -40,9 +41,8 @@ def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, 
     lengths = batch["mask"].sum(1).tolist()
     codes = []
     for i, length in enumerate(lengths):
-        fires = torch.nonzero(out["beta"][i, :length] > BETA_THRESHOLD).flatten()
-        fires = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), fires]))
-        codes.append(out["z"][i, fires])
+        fires = np.union1d([0], predicted_switches(out["beta"][i, :length].numpy()))
+        codes.append(out["z"][i, torch.from_numpy(fires)])
     return codes
 
 

@@ -189,8 +189,8 @@ def generate_trajectories(
     For the pinpad envs (`config` default: the env's; the ant's: the one its expert was trained in), the
     expert's Gaussian force noise replaces epsilon (which must be 0), and `mean_actions` records its
     noiseless mean actions instead (the paper's D*); for the grid world `mean_actions` is the noiseless
-    expert (`GridExpert`: a fixed order among the shortest-path actions). Either way `show_progress` shows a bar of the kept
-    episodes, and the manifest's `episodes_attempted` counts every episode rolled out.
+    expert (`GridExpert`: a fixed order among the shortest-path actions). Either way `show_progress` shows
+    a bar of the kept episodes, and the manifest's `episodes_attempted` counts every episode rolled out.
     """
     _check_env(env)
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:

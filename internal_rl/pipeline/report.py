@@ -15,6 +15,8 @@ METHOD_NAMES = {
     "raw": "raw-action RL (finetune the base model's actions)",
     "no-switch": "no temporal abstraction (beta = 1, a code every step)",
 }
+# The metacontroller rows, by their key in results.json.
+METACONTROLLER_NAMES = {"switching": "learned switching", "switching_no_switch": "beta = 1 ablation"}
 
 
 def _load(path: Path) -> Any | None:
@@ -174,13 +176,12 @@ def _explained_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["| metacontroller | action NLL, base model alone | with the metacontroller | with supervised subgoal "
              "controllers | KL rate, nats / episode |", "|---|---|---|---|---|"]
     for key, s in rows:
-        name = "learned switching" if key == "switching" else "beta = 1 ablation"
+        name = METACONTROLLER_NAMES[key]
         lines.append(f"| {name} | {_fmt(s['base_action_nll'])} | {_fmt(s['action_nll'])} "
                      f"| {_fmt(s.get('supervised_subgoal_nll'))} | {_fmt(s['kl_per_episode'], 2)} |")
-    lines += ["", "Action NLL is per step on held-out episodes. The supervised controllers (the steering stage, "
-              "same layer, told the true subgoal) show what subgoal information is worth to this base model; "
-              "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes.", ""]
-    return lines + _code_probe_lines(rows)
+    return lines + ["", "Action NLL is per step on held-out episodes. The supervised controllers (the steering stage, "
+                    "same layer, told the true subgoal) show what subgoal information is worth to this base model; "
+                    "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes.", ""]
 
 
 def _code_probe_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -191,7 +192,7 @@ def _code_probe_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["| metacontroller | code -> subgoal, linear probe | majority guess | given the previous subgoal | majority guess |",
              "|---|---|---|---|---|"]
     for key, probe in rows:
-        name = "learned switching" if key == "switching" else "beta = 1 ablation"
+        name = METACONTROLLER_NAMES[key]
         given = probe.get("given_previous") or {}
         lines.append(f"| {name} | {_fmt(probe['accuracy'])} | {_fmt(probe['majority'])} "
                      f"| {_fmt(given.get('accuracy'))} | {_fmt(given.get('majority'))} |")
@@ -290,7 +291,7 @@ def write_report(run: Path) -> Path:
                   "| NMI(z, subgoal) | switches / episode | mean segment length | true subgoal length |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for key, s in rows:
-            name = "learned switching" if key == "switching" else "beta = 1 ablation"
+            name = METACONTROLLER_NAMES[key]
             lines.append(f"| {name} | {_fmt(s['f1'])} | {_fmt(s['precision'])} | {_fmt(s['recall'])} "
                          f"| {_fmt(s.get('colour_f1'))} | {_fmt(s['nmi'])} "
                          f"| {_fmt(s['switches_per_episode'], 2)} | {_fmt(s['mean_segment_length'], 1)} "
@@ -299,6 +300,7 @@ def write_report(run: Path) -> Path:
                   "is a colour pair). The F1 against every colour change shows a metacontroller that segments at "
                   "single colours instead.", ""]
         lines += _explained_lines(rows)
+        lines += _code_probe_lines(rows)
         lines += _code_replay_lines(results.get("code_replay"))
         lines += _image(run, "switching_beta.png", "beta traces with true subgoal switches")
     else:
