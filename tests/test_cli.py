@@ -40,14 +40,17 @@ def test_workers_without_ray_is_refused(tmp_path, capsys):
 
 
 def test_rl_accepts_every_preset_of_the_rl_code_and_lists_them_for_a_bad_one(tmp_path, capsys):
-    from internal_rl.rl.training import PRESETS
+    from internal_rl.rl.training import METHODS, PRESETS
 
-    run = ["rl", "--run", str(tmp_path / "missing"), "--method", "raw", "--task", "0"]
-    for name in PRESETS:  # accepted: the failure is the missing run folder, not the preset
-        assert main(run + ["--preset", name]) == 2
-        err = one_line_error(capsys)
-        assert "RL preset" not in err and "checkpoint" in err
-    assert main(run + ["--preset", "huge"]) == 2
+    def run(method: str) -> list[str]:
+        return ["rl", "--run", str(tmp_path / "missing"), "--method", method, "--task", "0"]
+
+    for name in PRESETS:  # accepted for every method: the failure is the missing run folder, not the preset
+        for method in METHODS:
+            assert main(run(method) + ["--preset", name]) == 2
+            err = one_line_error(capsys)
+            assert "RL preset" not in err and "checkpoint" in err
+    assert main(run("raw") + ["--preset", "huge"]) == 2
     err = one_line_error(capsys)
     assert "unknown RL preset 'huge'" in err and all(repr(name) in err for name in PRESETS)
 

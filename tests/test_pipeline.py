@@ -24,13 +24,15 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path):
     report = reproduce("gridworld", out, "quick", show_progress=False, preset=TINY)
 
     text = report.read_text()
+    task = "-".join(map(str, TINY.task))
     for section in ("## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
-                    "## Metacontroller", "## RL on the post-training task", "## Wall time per stage"):
+                    "## Metacontroller", f"## RL on task {task} ", "## Wall time per stage"):
         assert section in text
     assert "_no " not in text  # every stage produced its results
     results = json.loads((out / "results.json").read_text())
     for method in ("internal", "raw", "no-switch"):
         m = results["methods"][method]
+        assert m["task"] == list(TINY.task)
         assert 0.0 <= m["final_success"] <= 1.0
         assert "episodes_to_90" in m and m["env_steps"] > 0
     assert set(results["switching"]) >= {"f1", "colour_f1", "nmi", "action_nll", "base_action_nll", "kl_per_episode",
@@ -82,7 +84,7 @@ def test_reproduce_point_pinpad_runs_every_stage_with_videos(tmp_path):
 
     text = report.read_text()
     for section in ("## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
-                    "## Metacontroller", "## RL on the post-training task", "## Videos", "## Wall time per stage"):
+                    "## Metacontroller", "## RL on task ", "## Videos", "## Wall time per stage"):
         assert section in text
     assert "_no " not in text
     results = json.loads((out / "results.json").read_text())

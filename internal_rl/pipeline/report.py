@@ -42,6 +42,7 @@ def rl_summary(run: Path) -> dict[str, Any]:
         initial = [s["initial_eval"]["success_rate"] for s in seeds]
         to_target = [_episodes_to(s["curve"], SUCCESS_TARGET) for s in seeds]
         methods[method_dir.name] = {
+            "task": seeds[0]["task"],
             "final_success": float(np.mean(final)),
             "final_success_by_seed": final,
             "initial_success": float(np.mean(initial)),
@@ -154,6 +155,7 @@ def plot_rl_curves(run: Path) -> list[str]:
             continue
         curves_episodes[method_dir.name] = [[(r["episodes"], r["success_rate"]) for r in s["curve"]] for s in seeds]
         curves_steps[method_dir.name] = [[(r["env_steps"], r["success_rate"]) for r in s["curve"]] for s in seeds]
+        task = "-".join(map(str, seeds[0]["task"]))
     if not curves_episodes:
         return []
     figures = Path(run) / "figures"
@@ -163,7 +165,7 @@ def plot_rl_curves(run: Path) -> list[str]:
         (curves_steps, "low-level env steps", "rl_success_vs_env_steps.png"),
     ):
         plot_curves(curves, xlabel, "training-batch success rate", figures / name, ylim=(-0.02, 1.02),
-                    title="post-training task, sparse reward")
+                    title=f"task {task}, sparse reward")
         names.append(f"figures/{name}")
     return names
 
@@ -306,8 +308,9 @@ def write_report(run: Path) -> Path:
     else:
         lines += ["_no metacontroller_", ""]
 
-    lines += ["## RL on the post-training task (sparse reward)", ""]
     methods = results["methods"]
+    tasks = sorted({"-".join(map(str, m["task"])) for m in methods.values() if m.get("task")})
+    lines += [f"## RL on task {', '.join(tasks) or '(none)'} (sparse reward)", ""]
     if methods:
         lines += ["| method | held-out success (start -> end) | episodes to 90% | episodes | low-level env steps | seeds |",
                   "|---|---|---|---|---|---|"]
