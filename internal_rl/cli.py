@@ -136,10 +136,11 @@ def _analyse(args: argparse.Namespace) -> None:
         from internal_rl.envs.tasks import parse_task
 
         result = replay_run(run, parse_task(args.code_replay), stage_name=args.stage, episodes=args.episodes)
-        demo, prior = result["demonstration"], result["prior"]
-        print(f"task {args.code_replay}, {result['solvable_layouts']} layouts the expert solves: success "
-              f"{demo['success']:.3f} with the codes inferred from its demonstrations, {prior['success']:.3f} with "
-              f"codes from the prior; colours reached {demo['colours_reached']:.2f} vs {prior['colours_reached']:.2f}")
+        success = {key: result[key]["success"] for key in ("demonstration", "residual_linear", "mean_code", "prior")}
+        print(f"task {args.code_replay}, {result['solvable_layouts']} layouts the expert solves; success with codes "
+              f"inferred from the demonstrations {success['demonstration']:.3f}, predicted linearly from the residual "
+              f"{success['residual_linear']:.3f}, the mean code per decision {success['mean_code']:.3f}, from the "
+              f"prior {success['prior']:.3f}")
         return
     if args.alpha_sweep:
         result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from internal_rl.analysis.code_replay import demonstration_codes, replay_codes
+from internal_rl.analysis.code_replay import fit_linear_policy, demonstration_codes, replay_codes
 from internal_rl.common.config import replace
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset
@@ -31,18 +32,34 @@ def test_layout_seed_gives_the_expert_rollouts_layouts():
 def test_demonstration_codes_start_at_step_zero_and_follow_the_switch():
     base, metacontroller = tiny_models()
     arrays, solved = rollout_chunk(replace(GRID, tasks=(TASK,)), 12, 1, 0.0)
-    codes = demonstration_codes(base, metacontroller, TrajectoryDataset.from_arrays(arrays))
-    assert len(codes) == int(solved.sum()) > 0
-    assert all(c.ndim == 2 and 1 <= len(c) and c.shape[1] == metacontroller.config.n_z for c in codes)
-    assert max(len(c) for c in codes) > 1  # the tiny switch fires now and then
+    demos = demonstration_codes(base, metacontroller, TrajectoryDataset.from_arrays(arrays))
+    assert len(demos) == int(solved.sum()) > 0
+    for z, e in demos:
+        assert z.ndim == 2 and 1 <= len(z) and z.shape[1] == metacontroller.config.n_z
+        assert e.shape == (len(z), base.d_model)
+    assert max(len(z) for z, _ in demos) > 1  # the tiny switch fires now and then
+
+
+def test_the_linear_policy_has_one_map_for_first_decisions_and_one_for_later_ones():
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(6, 3, generator=generator)
+    demos = []
+    for _ in range(2000):  # enough that the ridge penalty barely shrinks the fit
+        e = torch.randn(3, 6, generator=generator)
+        demos.append((torch.cat([e[:1] @ weights, -e[1:] @ weights]), e))
+    first, later = fit_linear_policy(demos)
+    probe = torch.randn(50, 6, generator=generator)
+    assert np.allclose(first.predict(probe.numpy()), (probe @ weights).numpy(), atol=0.1)
+    assert np.allclose(later.predict(probe.numpy()), -(probe @ weights).numpy(), atol=0.1)
 
 
 @pytest.mark.parametrize("noiseless", [False, True])
 def test_replay_scores_the_solvable_layouts(noiseless):
     base, metacontroller = tiny_models()
-    result = replay_codes(base, metacontroller, TASK, episodes=16, seed=2, env_config=GRID, noiseless=noiseless)
+    result = replay_codes(base, metacontroller, TASK, episodes=16, seed=2, env_config=GRID, noiseless=noiseless,
+                          fit_episodes=16)
     assert 0 < result["solvable_layouts"] <= 16 and result["noiseless_demonstrations"] is noiseless
-    for key in ("demonstration", "prior"):
+    for key in ("demonstration", "residual_linear", "mean_code", "prior"):
         r = result[key]
         assert 0.0 <= r["success"] <= 1.0 and 0.0 <= r["colours_reached"] <= len(TASK)
         assert r["decisions_per_episode"] >= 1.0

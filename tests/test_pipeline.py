@@ -19,7 +19,7 @@ TINY = dataclasses.replace(
 )
 
 
-def test_reproduce_writes_every_section_and_resumes(tmp_path):
+def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     report = reproduce("gridworld", out, "quick", show_progress=False, preset=TINY)
 
@@ -49,6 +49,11 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path):
     mtime = weights.stat().st_mtime_ns
     reproduce("gridworld", out, "quick", show_progress=False, preset=TINY)
     assert weights.stat().st_mtime_ns == mtime
+
+    # The code replay on another task, from the command line.
+    assert main(["analyse", "--run", str(out), "--code-replay", "0-1", "--episodes", "8"]) == 0
+    assert "predicted linearly from the residual" in capsys.readouterr().out
+    assert json.loads((out / "code_replay.json").read_text())["task"] == [0, 1]
 
 
 def test_reproduce_refuses_another_preset_on_the_same_folder(tmp_path, capsys):

@@ -7,6 +7,14 @@ steps where its switch fires); the internal-RL environment then replays those co
 decision, on the same layouts, with the base model sampling its own actions. Codes drawn from the prior
 N(0, I), where internal RL's policy starts, are the reference.
 
+Two policies that a trained internal-RL policy could be tell where between those two it can get:
+- `mean_code`: each decision's mean demonstration code (the k-th decision gets the mean of the k-th codes),
+  the same on every layout: what a policy that ignores its observation can do. If the codes named
+  subgoals, this would be as good as the demonstrations.
+- `residual_linear`: the code predicted from the residual activation e at the decision by a ridge
+  regression, fitted on demonstrations of other layouts (one map for the first decision, one for later
+  ones): a policy that reads e, as internal RL's does, with a linear read-out.
+
 The replayed codes do not adapt when the base model drifts from the demonstration, or when the switch
 fires at other steps than in it, so a policy could do better; but a replay that barely beats the prior
 says the codes do not carry what the task needs, whatever RL does with them. Grid world only: it needs an
@@ -32,26 +40,48 @@ REPLAY_FILE = "code_replay.json"
 
 
 @torch.no_grad()
-def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, demos: Any) -> list[Tensor]:
-    """Per demonstration, the codes z at the steps where the switch fires (step 0 always), [K_i, n_z] each."""
+def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, demos: Any) -> list[tuple[Tensor, Tensor]]:
+    """Per demonstration, the codes z [K_i, n_z] at the steps where the switch fires (step 0 always), and
+    the residual activations e [K_i, d_model] at the controlled hook at those steps (what an internal-RL
+    policy observes there)."""
     from internal_rl.metacontroller.training import controlled_forward
 
     batch = demos.batch(np.arange(demos.num_episodes))
     _, out = controlled_forward(base, metacontroller, batch, sample=False)
     lengths = batch["mask"].sum(1).tolist()
-    codes = []
+    result = []
     for i, length in enumerate(lengths):
-        fires = np.union1d([0], predicted_switches(out["beta"][i, :length].numpy()))
-        codes.append(out["z"][i, torch.from_numpy(fires)])
-    return codes
+        fires = torch.from_numpy(np.union1d([0], predicted_switches(out["beta"][i, :length].numpy())))
+        result.append((out["z"][i, fires], out["e"][i, fires]))
+    return result
+
+
+def fit_linear_policy(demos: list[tuple[Tensor, Tensor]]) -> list[Any]:
+    """Ridge regressions e -> z fitted on demonstration decisions: [first decisions, later decisions]."""
+    from sklearn.linear_model import Ridge
+    from threadpoolctl import threadpool_limits
+
+    maps = []
+    for later in (False, True):
+        pairs = [(z[k], e[k]) for z, e in demos for k in range(len(z)) if (k > 0) == later]
+        if not pairs:
+            maps.append(maps[0])
+            continue
+        codes, residuals = (torch.stack(x).numpy() for x in zip(*pairs))
+        with threadpool_limits(1):
+            maps.append(Ridge(alpha=10.0).fit(residuals, codes))
+    return maps
 
 
 @torch.no_grad()
 def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: Task, *, episodes: int = 256,
-                 seed: int = 0, env_config: GridWorldConfig | None = None, noiseless: bool = False) -> dict[str, Any]:
-    """Success on `task` with codes inferred from expert demonstrations, against codes from the prior.
+                 seed: int = 0, env_config: GridWorldConfig | None = None, noiseless: bool = False,
+                 fit_episodes: int = 2048) -> dict[str, Any]:
+    """Success on `task` with codes inferred from expert demonstrations, with the two reference policies
+    of the module docstring, and with codes from the prior.
 
-    `noiseless`: the demonstrations come from the noiseless expert (for a metacontroller trained on D*)."""
+    `noiseless`: the demonstrations come from the noiseless expert (for a metacontroller trained on D*).
+    `fit_episodes`: demonstrations (on other layouts) the linear policy is fitted on."""
     from internal_rl.data.dataset import TrajectoryDataset
     from internal_rl.data.generate import rollout_chunk
 
@@ -62,24 +92,36 @@ def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: T
     solvable = np.flatnonzero(solved)
     if solvable.size == 0:
         raise ConfigError(f"code replay: the expert solved none of {episodes} layouts of task {task}")
-    codes = dict(zip(solvable.tolist(), demonstration_codes(base, metacontroller, TrajectoryDataset.from_arrays(arrays))))
+    demos = demonstration_codes(base, metacontroller, TrajectoryDataset.from_arrays(arrays))
+    codes = {i: z for i, (z, _) in zip(solvable.tolist(), demos)}
+    # The linear policy learns from demonstrations on other layouts than the ones it is replayed on.
+    fit_arrays, _ = rollout_chunk(config, fit_episodes, derive_seed(seed, "fit-layouts"), 0.0, noiseless)
+    maps = fit_linear_policy(demonstration_codes(base, metacontroller, TrajectoryDataset.from_arrays(fit_arrays)))
+    most = max(len(z) for z in codes.values())
+    mean_codes = [torch.stack([z[min(k, len(z) - 1)] for z in codes.values()]).mean(0) for k in range(most)]
     n_z = metacontroller.config.n_z
     generator = torch.Generator().manual_seed(derive_seed(seed, "prior-codes"))
 
-    def demonstration(env_id: int, k: int) -> Tensor:
+    def demonstration(env_id: int, k: int, e: Tensor) -> Tensor:
         demo = codes.get(env_id)
         return torch.zeros(n_z) if demo is None else demo[min(k, len(demo) - 1)]
 
-    def prior(env_id: int, k: int) -> Tensor:
+    def mean_code(env_id: int, k: int, e: Tensor) -> Tensor:
+        return mean_codes[min(k, most - 1)]
+
+    def residual_linear(env_id: int, k: int, e: Tensor) -> Tensor:
+        return torch.from_numpy(maps[min(k, 1)].predict(e[None].numpy())[0]).float()
+
+    def prior(env_id: int, k: int, e: Tensor) -> Tensor:
         return torch.randn(n_z, generator=generator)
 
-    def run(pick: Callable[[int, int], Tensor]) -> dict[str, float]:
+    def run(pick: Callable[[int, int, Tensor], Tensor]) -> dict[str, float]:
         env = BatchedInternalEnv(base, metacontroller, config, episodes)
         env.reset(seed, tasks=[task] * episodes, layout_seed=layout_seed)
         decisions = torch.zeros(episodes, dtype=torch.long)
 
         def decide(e: Tensor, env_ids: Tensor) -> Tensor:
-            z = torch.stack([pick(i, int(decisions[i])) for i in env_ids.tolist()])
+            z = torch.stack([pick(i, int(decisions[i]), e[j]) for j, i in enumerate(env_ids.tolist())])
             decisions[env_ids] += 1
             return z
 
@@ -98,6 +140,8 @@ def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: T
         "solvable_layouts": int(solvable.size),
         "demonstration_codes_per_episode": float(np.mean([len(c) for c in codes.values()])),
         "demonstration": run(demonstration),
+        "residual_linear": run(residual_linear),
+        "mean_code": run(mean_code),
         "prior": run(prior),
     }
 

@@ -134,7 +134,8 @@ def controlled_forward(
 ) -> tuple[Tensor, dict[str, Any]]:
     """Run the base model with the metacontroller's controller at its hook.
 
-    Returns (action NLL [B,T] under the controlled model, the metacontroller's outputs: z, beta, mu, ...).
+    Returns (action NLL [B,T] under the controlled model, the metacontroller's outputs: z, beta, mu, ...,
+    and e [B,T,d], the uncontrolled activations at the hook).
     The metacontroller sees the whole uncontrolled sequence e_{1:T} at the hook (its embedder is non-causal);
     each step's controlled activation e_t + U_t e_t then flows causally through the upper blocks.
     """
@@ -143,7 +144,7 @@ def controlled_forward(
     beta = label_switch_gate(batch["subgoals"], batch["mask"]) if metacontroller.config.label_switches else None
 
     def intervene(e: Tensor) -> Tensor:  # e [B,T,d]
-        outputs.update(metacontroller(e, batch["mask"], sample=sample, generator=generator, beta=beta))
+        outputs.update(metacontroller(e, batch["mask"], sample=sample, generator=generator, beta=beta), e=e)
         return apply_controller(e, outputs["controller"])
 
     model_out = base(batch["observations"], interventions={metacontroller.config.hook: intervene})

@@ -17,6 +17,14 @@ METHOD_NAMES = {
 }
 # The metacontroller rows, by their key in results.json.
 METACONTROLLER_NAMES = {"switching": "learned switching", "switching_no_switch": "beta = 1 ablation"}
+# The code-replay rows (analysis/code_replay.py), by their key in code_replay.json.
+REPLAY_ROWS = {
+    "demonstration": "inferred from expert demonstrations",
+    "residual_linear": "predicted from the residual e at each decision (ridge fit on other layouts' demonstrations)",
+    "mean_code": "each decision's mean demonstration code, on every layout",
+    "prior": "drawn from the prior N(0, I)",
+}
+REPLAY_KEYS = ("task", "solvable_layouts", *REPLAY_ROWS)
 
 
 def _load(path: Path) -> Any | None:
@@ -120,7 +128,7 @@ def collect_results(run: Path) -> dict[str, Any]:
                 results[key]["supervised_subgoal_nll"] = supervised[0]
     replay = _load(run / "code_replay.json")
     if replay:
-        results["code_replay"] = {key: replay[key] for key in ("task", "solvable_layouts", "demonstration", "prior")}
+        results["code_replay"] = {key: replay[key] for key in REPLAY_KEYS if key in replay}
     results["methods"] = rl_summary(run)
     videos = _load(run / "videos" / "videos.json")
     if videos:
@@ -210,12 +218,17 @@ def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:
     task = "-".join(str(c) for c in replay["task"])
     lines = [f"Code replay on the RL task {task} ({replay['solvable_layouts']} layouts the expert solves):", "",
              "| codes | success | colours reached | decisions per episode |", "|---|---|---|---|"]
-    for key, name in (("demonstration", "inferred from expert demonstrations"), ("prior", "drawn from the prior N(0, I)")):
-        r = replay[key]
-        lines.append(f"| {name} | {_fmt(r['success'])} | {_fmt(r['colours_reached'], 2)} | {_fmt(r['decisions_per_episode'], 2)} |")
+    for key, name in REPLAY_ROWS.items():
+        if key in replay:
+            r = replay[key]
+            lines.append(f"| {name} | {_fmt(r['success'])} | {_fmt(r['colours_reached'], 2)} | "
+                         f"{_fmt(r['decisions_per_episode'], 2)} |")
     return lines + ["", "The metacontroller's encoder reads each expert demonstration; its codes are then replayed, one per "
                     "switch, in the internal-RL environment on the same layouts. Internal RL starts from the prior; "
-                    "replayed codes that barely beat it mean the code space does not carry what the task needs.", ""]
+                    "replayed codes that barely beat it mean the code space does not carry what the task needs. The "
+                    "two rows between are policies internal RL could learn: a fixed code per decision does as well as "
+                    "the demonstrations only if the codes name subgoals; the linear read-out shows how much a policy "
+                    "must read from its observation.", ""]
 
 
 def write_report(run: Path) -> Path:
