@@ -210,6 +210,11 @@ def test_budget_accounting_is_the_same_for_every_method(method):
     if method != "internal":  # a decision at every low-level step
         assert all(r["mean_decisions"] == r["mean_env_steps"] for r in curve)
     assert result["timing"]["rollout_episodes_per_second"] > 0
+    # The entropy estimate starts at the initial policy's: the prior N(0, I) over codes, or the base model's.
+    if method == "raw":
+        assert 0.0 < curve[0]["entropy"] <= math.log(4) + 1e-6
+    else:
+        assert curve[0]["entropy"] == pytest.approx(mc.config.n_z * 0.5 * (1 + math.log(2 * math.pi)), abs=2.5)
 
 
 def test_methods_refuse_the_wrong_metacontroller():

@@ -345,6 +345,9 @@ def train_rl(
             "mean_return": batch.returns.mean().item(),
             "mean_env_steps": batch.env_steps.float().mean().item(),
             "mean_decisions": batch.decisions.float().mean().item(),
+            # -log pi of the decisions taken, per decision: a sample estimate of the policy's entropy, to
+            # see exploration collapse (the paper's entropy bonus is 0).
+            "entropy": -(batch.log_probs * batch.mask).sum().item() / max(int(batch.mask.sum()), 1),
             **stats,
         }
         curve.append(record)
