@@ -7,7 +7,7 @@ steps where its switch fires); the internal-RL environment then replays those co
 decision, on the same layouts, with the base model sampling its own actions. Codes drawn from the prior
 N(0, I), where internal RL's policy starts, are the reference.
 
-Two policies that a trained internal-RL policy could be tell where between those two it can get:
+Two policies that internal RL's policy could learn show where between those two it can land:
 - `mean_code`: each decision's mean demonstration code (the k-th decision gets the mean of the k-th codes),
   the same on every layout: what a policy that ignores its observation can do. If the codes named
   subgoals, this would be as good as the demonstrations.
@@ -57,20 +57,21 @@ def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, 
 
 
 def fit_linear_policy(demos: list[tuple[Tensor, Tensor]]) -> list[Any]:
-    """Ridge regressions e -> z fitted on demonstration decisions: [first decisions, later decisions]."""
+    """Ridge regressions e -> z fitted on demonstration decisions: [first decisions, later decisions]
+    (the first map serves later decisions too when no demonstration has any)."""
     from sklearn.linear_model import Ridge
     from threadpoolctl import threadpool_limits
 
-    maps = []
-    for later in (False, True):
-        pairs = [(z[k], e[k]) for z, e in demos for k in range(len(z)) if (k > 0) == later]
-        if not pairs:
-            maps.append(maps[0])
-            continue
+    check(len(demos) > 0, "code replay: no demonstrations to fit the linear policy on")
+
+    def fit(pairs: list[tuple[Tensor, Tensor]]) -> Any:
         codes, residuals = (torch.stack(x).numpy() for x in zip(*pairs))
         with threadpool_limits(1):
-            maps.append(Ridge(alpha=10.0).fit(residuals, codes))
-    return maps
+            return Ridge(alpha=10.0).fit(residuals, codes)
+
+    first = fit([(z[0], e[0]) for z, e in demos])
+    later = [(z[k], e[k]) for z, e in demos for k in range(1, len(z))]
+    return [first, fit(later) if later else first]
 
 
 @torch.no_grad()
