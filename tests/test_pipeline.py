@@ -38,6 +38,7 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     assert set(results["switching"]) >= {"f1", "colour_f1", "nmi", "action_nll", "base_action_nll", "kl_per_episode",
                                          "supervised_subgoal_nll"}
     assert "with supervised subgoal controllers" in text
+    assert f"| chained, task {task} |" in text  # the steering stage chains its controllers on the RL task
     assert 0.0 <= results["switching"]["code_probe"]["accuracy"] <= 1.0
     assert 0.0 <= results["code_replay"]["demonstration"]["success"] <= 1.0
     assert "Code replay on the RL task" in text and "code -> subgoal, linear probe" in text

@@ -115,9 +115,20 @@ def test_steer_layers_results_and_plot(dataset, tmp_path):
     assert results["best_single"]["hook"] == "blocks.0.hook_resid_post"
     assert set(results["baseline"]) == {"single", "chained_posttrain", "chained_pretrain", "fit"}
     assert json.loads(json.dumps(results)) == results
+    assert results["posttrain_task"] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]  # the env's, by default
     probes = {"layers": [{"layer": 0, "accuracy": 0.3}, {"layer": 1, "accuracy": 0.5}, {"layer": 2, "accuracy": 0.6}]}
     plot_steering_results(results, tmp_path / "steering.png", probes=probes)
     assert (tmp_path / "steering.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_steer_layers_chains_the_controllers_on_the_task_given(dataset):
+    model = _model(n_layers=2)
+    results = steer_layers(model, dataset, GridWorldConfig(), ["blocks.0.hook_resid_post"], TINY, show_progress=False,
+                           posttrain_task=(0, 1))
+    assert results["posttrain_task"] == [0, 1]
+    # One colour pair: no rollout can complete more than one subgoal.
+    for row in [results["baseline"], *results["layers"]]:
+        assert row["chained_posttrain"]["mean_subgoals_completed"] <= 1.0
 
 
 def test_layer_resolution():

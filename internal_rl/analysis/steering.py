@@ -327,9 +327,11 @@ def steer_layers(
     show_progress: bool = True,
     logger: ScalarLogger | None = None,
     on_decoder: Callable[[str, ControllerDecoder], None] | None = None,
+    posttrain_task: Task | None = None,
 ) -> dict:
     """Fit and evaluate supervised subgoal controllers at each hook in `hooks`; JSON-ready results
-    (`on_decoder(hook, decoder)`, if given, receives each fitted decoder, e.g. to save it):
+    (`on_decoder(hook, decoder)`, if given, receives each fitted decoder, e.g. to save it; the chained
+    evaluation runs on `posttrain_task`, by default the env's post-training task):
 
     - "baseline": the base model without control (same evaluations, and its held-out action NLL);
     - "layers": [{"hook", "layer" (paper index or None), "fit": NLLs, "single", "chained_posttrain",
@@ -343,7 +345,8 @@ def steer_layers(
     hooks = [validate_hook(h, n_layers) for h in hooks]
     if not hooks:
         raise ConfigError("steer_layers: no hooks given; e.g. --layers 1 2 3")
-    baseline = evaluate_controllers(model, env_config, config)
+    posttrain_task = spec_of_config(env_config).posttrain_task if posttrain_task is None else tuple(posttrain_task)
+    baseline = evaluate_controllers(model, env_config, config, posttrain_task=posttrain_task)
     held_out = dataset.split(config.holdout_fraction, config.seed)[1]  # the split fit_subgoal_controllers uses
     baseline["fit"] = {"heldout_nll": heldout_action_nll(model, held_out, config)}
     rows = []
@@ -351,7 +354,8 @@ def steer_layers(
         decoder, fit = fit_subgoal_controllers(model, dataset, hook, config, show_progress=show_progress, logger=logger)
         if on_decoder is not None:
             on_decoder(hook, decoder)
-        evaluation = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook)
+        evaluation = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook,
+                                          posttrain_task=posttrain_task)
         rows.append({"hook": hook, "layer": hook_layer(hook, n_layers), "fit": fit, **evaluation})
 
     def best(key: str) -> dict:
@@ -370,7 +374,7 @@ def steer_layers(
         "best_single": best("single"),
         "best_chained_posttrain": best("chained_posttrain"),
         "best_chained_pretrain": best("chained_pretrain"),
-        "posttrain_task": list(spec_of_config(env_config).posttrain_task),
+        "posttrain_task": list(posttrain_task),
         "definitions": {"single": SINGLE_DEFINITION, "chained": CHAINED_DEFINITION},
         "n_layers": n_layers,
         "config": asdict(config),

@@ -102,6 +102,7 @@ def collect_results(run: Path) -> dict[str, Any]:
                 for r in steering["layers"]
             },
             "best_layer": steering.get("best_layer"),
+            "chained_task": steering.get("posttrain_task"),
         }
     for name, key in (("switching.json", "switching"), ("switching_metacontroller-no-switch.json", "switching_no_switch")):
         report = _load(run / name)
@@ -292,7 +293,8 @@ def write_report(run: Path) -> Path:
     lines += ["## Supervised subgoal controllers (e + U_g e) by layer", ""]
     steering = results.get("steering")
     if steering:
-        lines += ["| layer | single-subgoal success | chained, post-training task |", "|---|---|---|"]
+        chained = "-".join(map(str, steering.get("chained_task") or [])) or "post-training task"
+        lines += [f"| layer | single-subgoal success | chained, task {chained} |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v['single'])} | {_fmt(v['chained_posttrain'])} |" for k, v in steering["by_layer"].items()]
         lines += ["", f"Best steering layer: {steering.get('best_layer')}.", ""]
         lines += _image(run, "steering.png", "steering success by layer")

@@ -165,7 +165,7 @@ def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = Tru
     def steer(out: Path) -> dict[str, Any]:
         steer_run(
             out, preset.steer, data=clean_data(out), seed=preset.seed, steps=preset.steer_steps,
-            episodes=preset.steer_episodes, show_progress=show_progress,
+            episodes=preset.steer_episodes, show_progress=show_progress, posttrain_task=preset.task,
         )
         return {}
 

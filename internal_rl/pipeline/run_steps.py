@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from internal_rl.common.config import load_json, replace, save_json
+from internal_rl.envs.tasks import Task
 
 
 def run_dataset(run: Path, data: Path | None = None) -> Path:
@@ -40,9 +41,11 @@ DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: 
 def steer_run(
     run: Path, preset: str = "quick", *, data: Path | None = None, layers: list[str] | None = None,
     seed: int | None = None, steps: int | None = None, episodes: int | None = None, show_progress: bool = True,
+    posttrain_task: Task | None = None,
 ) -> dict[str, Any]:
     """Fit and evaluate supervised subgoal controllers per layer; write RUN/steering.json, RUN/steering.png
-    and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/."""
+    and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/.
+    The controllers are chained on `posttrain_task` (default: the env's post-training task)."""
     from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
     from internal_rl.common.checkpoint import save_checkpoint
     from internal_rl.data.dataset import load_dataset
@@ -62,7 +65,7 @@ def steer_run(
 
     results = steer_layers(
         model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress,
-        on_decoder=save_decoder,
+        on_decoder=save_decoder, posttrain_task=posttrain_task,
     )
     save_json(run / "steering.json", results)
     probes = load_json(run / "probes.json") if (run / "probes.json").is_file() else None
