@@ -336,8 +336,8 @@ def steer_layers(
     - "baseline": the base model without control (same evaluations, and its held-out action NLL);
     - "layers": [{"hook", "layer" (paper index or None), "fit": NLLs, "single", "chained_posttrain",
       "chained_pretrain"}] in the order of `hooks`;
-    - "best_layer", "best_hook": the most controllable point (chained success on `posttrain_task`, ties broken by
-      single-subgoal success, pretraining-task success, then held-out action NLL);
+    - "best_layer", "best_hook": the most controllable point (chained success on `posttrain_task`, ties
+      broken by single-subgoal success, pretraining-task success, then held-out action NLL);
     - "best_single", "best_chained_posttrain", "best_chained_pretrain": {"hook", "layer", "success"};
     - "posttrain_task", "definitions", "n_layers", "config".
     """
@@ -362,8 +362,8 @@ def steer_layers(
         row = max(rows, key=lambda r: r[key]["success"])
         return {"hook": row["hook"], "layer": row["layer"], "success": row[key]["success"]}
 
-    # The paper's controllability measure is the post-training task (here `posttrain_task`); ties (e.g. all zero) are broken by
-    # single-subgoal success, then pretraining-task success, then the held-out action NLL.
+    # The paper's controllability measure is the post-training task (here `posttrain_task`); ties (e.g. all
+    # zero) are broken by single-subgoal success, then pretraining-task success, then the held-out action NLL.
     overall = max(rows, key=lambda r: (r["chained_posttrain"]["success"], r["single"]["success"],
                                        r["chained_pretrain"]["success"], -r["fit"]["heldout_nll_controlled"]))
     return {
