@@ -5,9 +5,8 @@
 Every number is the best of a few timed repeats on one process. "env steps/s" counts one environment
 advancing one step; "physics steps/s" counts MuJoCo `mj_step`s (an ant env step is `frame_skip` = 5 of
 them; the point mass has one integration step per env step). Expert rows roll complete episodes on fresh
-layouts, as data generation does. The ant expert row times an untrained policy network of the expert's
-size: its cost per step is the trained one's, but its episodes end early (it falls or strays), so it is
-reported per env step rather than per episode.
+layouts, as data generation does, and report their success rates (the experts' competence; the noise is
+data D's, 0 gives the mean actions of D*).
 """
 
 import argparse
@@ -17,9 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from internal_rl.envs.ant_expert import ActorCritic, AntExpert, expert_obs_dim
+from internal_rl.envs.ant_expert import AntExpert, AntExpertConfig
 from internal_rl.envs.ant_pinpad import AntPinpadConfig, AntPinpadEnv, BatchedAntPinpad
 from internal_rl.envs.pinpad_expert import PointExpert, PointExpertConfig, rollout_expert
 from internal_rl.envs.point_pinpad import BatchedPointPinpad, PointPinpadConfig, PointPinpadEnv
@@ -57,19 +55,18 @@ def bench_gym_env(env, seconds: float, n_steps: int = 200) -> float:
     return best_rate(run, seconds)
 
 
-def point_expert(batch: int, seconds: float, tasks: tuple, noise_std: float) -> dict[str, float]:
-    config = PointPinpadConfig(tasks=tasks)
-    env = BatchedPointPinpad(config, batch)
+def expert_episodes(env, expert, seconds: float) -> dict[str, float]:
+    """Complete expert episodes/s on fresh layouts, and their success rate and mean successful length."""
     env.rng = np.random.default_rng(0)
-    expert, rng = PointExpert(config, PointExpertConfig(noise_std=noise_std)), np.random.default_rng(1)
+    rng = np.random.default_rng(1)
     stats = {"success": 0, "episodes": 0, "steps": 0}
 
     def run() -> int:
         arrays = rollout_expert(env, lambda e, r: expert.act(e, r)[0], rng)
         stats["success"] += int(arrays["success"].sum())
-        stats["episodes"] += batch
+        stats["episodes"] += env.num_envs
         stats["steps"] += int(arrays["lengths"][arrays["success"]].sum())
-        return batch
+        return env.num_envs
 
     rate = best_rate(run, seconds)
     return {
@@ -78,23 +75,6 @@ def point_expert(batch: int, seconds: float, tasks: tuple, noise_std: float) -> 
         "episodes": stats["episodes"],
         "mean_successful_length": stats["steps"] / max(stats["success"], 1),
     }
-
-
-def ant_policy_steps(batch: int, seconds: float) -> float:
-    config = AntPinpadConfig()
-    env = BatchedAntPinpad(config, batch)
-    env.reset(seed=0)
-    expert = AntExpert(ActorCritic(expert_obs_dim(config), 8, 256), config)
-    rng = np.random.default_rng(0)
-
-    def run() -> int:
-        for _ in range(8):
-            env.step(expert.act(env, rng)[0])
-            if env.done.any():
-                env.reset_envs(env.done)
-        return 8 * batch
-
-    return best_rate(run, seconds)
 
 
 def bench_render(env, seconds: float) -> float:
@@ -114,7 +94,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each timed repeat")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pinpad.json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     batch, seconds, ant_batch = args.batch, args.seconds, args.ant_batch
     frame_skip = AntPinpadConfig().frame_skip
     rows: list[tuple[str, float, str]] = []
@@ -133,10 +112,17 @@ def main() -> None:
     experts = {}
     for split, tasks in (("pretrain", PointPinpadConfig().tasks), ("posttrain", (PINPAD_POSTTRAIN_TASK,))):
         for noise in (0.3, 0.0):
-            result = point_expert(batch, seconds, tasks, noise)
-            experts[f"{split}_noise{noise}"] = result
+            config = PointPinpadConfig(tasks=tasks)
+            expert = PointExpert(config, PointExpertConfig(noise_std=noise))
+            result = expert_episodes(BatchedPointPinpad(config, batch), expert, seconds)
+            experts[f"point_{split}_noise{noise}"] = result
             row(f"point expert episodes x{batch}, {split} tasks, noise {noise}", result["episodes_per_s"], "episodes/s")
-    row(f"ant PPO-expert-sized policy x{ant_batch} + env", ant_policy_steps(ant_batch, seconds), "env steps/s")
+        for noise in (0.1, 0.0):
+            config = AntPinpadConfig(tasks=tasks)
+            expert = AntExpert(config, AntExpertConfig(noise_std=noise))
+            result = expert_episodes(BatchedAntPinpad(config, 64), expert, seconds)
+            experts[f"ant_{split}_noise{noise}"] = result
+            row(f"ant expert episodes x64, {split} tasks, noise {noise}", result["episodes_per_s"], "episodes/s")
     point_frames = bench_render(PointPinpadEnv(render_mode="rgb_array"), seconds)
     row("point top-down frame 256x256 (numpy)", point_frames, "frames/s")
     ant_render = AntPinpadEnv(render_mode="rgb_array")
@@ -149,7 +135,7 @@ def main() -> None:
     for name, rate, unit in rows:
         print(f"{name:<{width}}  {rate:>12,.1f}  {unit}")
     for name, result in experts.items():
-        print(f"point expert {name}: success {result['success_rate']:.3f} over {result['episodes']} episodes, "
+        print(f"{name}: success {result['success_rate']:.3f} over {result['episodes']} episodes, "
               f"mean successful length {result['mean_successful_length']:.1f} steps")
     results = {
         "machine": machine_info(),
@@ -157,7 +143,7 @@ def main() -> None:
         "ant_batch": ant_batch,
         "seconds_per_repeat": seconds,
         "rates": [{"name": name, "rate": rate, "unit": unit} for name, rate, unit in rows],
-        "point_expert": experts,
+        "experts": experts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

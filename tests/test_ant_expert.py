@@ -1,97 +1,119 @@
-"""The ant expert's PPO: augmented observation, a short training run, save/load, rollouts."""
+"""The scripted ant expert: its leg tables, the gait, that it walks to a colour, and its datasets."""
 
+import mujoco
 import numpy as np
 import pytest
 
-from internal_rl.common.errors import CheckpointError, ConfigError
+from internal_rl.common.errors import ConfigError
 from internal_rl.envs.ant_expert import (
-    AntPPOConfig,
+    ACTUATORS,
+    ANKLE_SIGNS,
+    JOINTS,
+    LEG_ANGLES,
+    AntExpert,
+    AntExpertConfig,
+    AntGait,
+    ant_expert_data,
     ant_expert_episodes,
-    body_frame,
-    current_direction,
-    direction_features,
-    load_expert,
-    train_ant_expert,
+    gait_torques,
+    torso_frame,
 )
 from internal_rl.envs.ant_pinpad import AntPinpadConfig, BatchedAntPinpad
-from internal_rl.envs.pinpad import shortest_path_directions
-from internal_rl.envs.pinpad_expert import rollout_expert
+from internal_rl.envs.point_pinpad import PointPinpadConfig
 
 LAYOUT = np.array([[0, 1, -1, -1], [-1, 4, -1, -1], [-1, -1, 2, -1], [3, -1, -1, -1]], dtype=np.int8)
 
 
-def test_direction_features_point_along_the_shortest_path() -> None:
-    env = BatchedAntPinpad(AntPinpadConfig(tasks=((2,),)), 1)
-    env.reset(seed=0, layouts=LAYOUT[None], start_cells=[(3, 2)])
-    directions = shortest_path_directions(env.logic.layouts, env.config)
-    features = direction_features(env, directions).reshape(4, 4, 4)
-    assert features[3, 2].tolist() == [1, 0, 0, 0], "from below colour 2: up"
-    assert features[2, 2].sum() == 0, "none at the colour itself"
-    assert features[1, 1].sum() == 1, "the wall cell has a way out too (the env has ended by then)"
-    assert np.allclose(current_direction(env, directions), [[0.0, 1.0]])
+def test_leg_tables_match_the_ant_model() -> None:
+    model = BatchedAntPinpad(AntPinpadConfig(), 1).model
+    hinges = [model.joint(j).name for j in range(1, 9)]  # qpos[7:] in order, after the free joint
+    for leg in range(4):
+        names = (f"hip_{leg + 1}", f"ankle_{leg + 1}")
+        assert [hinges[j] for j in JOINTS[leg]] == list(names)
+        assert [model.joint(int(model.actuator_trnid[a, 0])).name for a in ACTUATORS[leg]] == list(names)
+        foot = model.body(f"aux_{leg + 1}").pos[:2]
+        assert np.isclose(np.arctan2(foot[1], foot[0]) % (2 * np.pi), LEG_ANGLES[leg])
+        # The signed ankle range is the joint's: a positive signed angle presses the foot down.
+        ankle_range = np.degrees(model.jnt_range[model.joint(names[1]).id])
+        assert np.allclose(sorted(ANKLE_SIGNS[leg] * np.array([30.0, 70.0])), ankle_range)
 
 
-def test_body_frame_rotates_by_the_torso_yaw() -> None:
+def test_gait_torques_track_the_targets_and_steer_by_the_hips() -> None:
+    gait = AntGait(ankle_amplitude=0.0, tilt_gain=0.0, kd=0.0)
+    phase, zeros = np.array([np.pi / 2]), np.zeros((1, 2))
+    # Joints standing exactly on the targets need no torque.
+    joints = np.zeros((1, 8))
+    for leg in range(4):
+        angle = np.pi / 2 + (0.0 if leg in (0, 2) else np.pi)
+        joints[0, JOINTS[leg, 0]] = np.clip(gait.hip_amplitude * np.sin(0 - LEG_ANGLES[leg]) * np.sin(angle)
+                                            + gait.hip_cross * np.cos(0 - LEG_ANGLES[leg]) * np.sin(angle),
+                                            -np.radians(30), np.radians(30))
+        joints[0, JOINTS[leg, 1]] = ANKLE_SIGNS[leg] * gait.ankle_mid
+    assert np.allclose(gait_torques(gait, phase, np.zeros(1), joints, np.zeros((1, 8)), zeros), 0.0)
+    # Turning the desired direction by 90 degrees swaps which legs swing: the leg pattern rotates with it.
+    east = gait_torques(gait, phase, np.zeros(1), np.zeros((1, 8)), np.zeros((1, 8)), zeros)[0]
+    north = gait_torques(gait, phase, np.array([np.pi / 2]), np.zeros((1, 8)), np.zeros((1, 8)), zeros)[0]
+    hips = ACTUATORS[:, 0]
+    assert not np.allclose(east[hips], north[hips])
+    assert np.abs(gait_torques(AntGait(kp=100.0), np.zeros(3), np.zeros(3), np.zeros((3, 8)), np.zeros((3, 8)),
+                               np.zeros((3, 2)))).max() <= 1.0
+
+
+def test_torso_frame_reads_yaw_and_tilt() -> None:
     env = BatchedAntPinpad(AntPinpadConfig(), 2)
     env.reset(seed=0)
-    for data, yaw in zip(env.data, (np.pi / 2, np.pi)):
+    for data, yaw in zip(env.data, (np.pi / 2, -np.pi / 4)):
         data.qpos[3:7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-    north = np.array([[0.0, 1.0], [0.0, 1.0]])
-    # Facing north, north is straight ahead; facing west, north is to the right (-y in the body frame).
-    assert np.allclose(body_frame(env, north), [[1.0, 0.0], [0.0, -1.0]], atol=1e-9)
+        mujoco.mj_forward(env.model, data)
+    yaw, tilt = torso_frame(env.data)
+    assert np.allclose(yaw, [np.pi / 2, -np.pi / 4]) and np.allclose(tilt, 0.0, atol=1e-9)
 
 
-def test_short_training_run_saves_an_expert_that_acts(tmp_path) -> None:
-    ppo = AntPPOConfig(total_steps=64, num_envs=2, rollout_steps=16, epochs=1, minibatch_size=16, hidden=16)
-    config = AntPinpadConfig(horizon=20)
-    _, history = train_ant_expert(config, ppo, out=tmp_path / "expert", show_progress=False)
-    assert len(history) == 2 and history[-1]["env_steps"] == 64
-    expert = load_expert(tmp_path / "expert")
-    env = BatchedAntPinpad(config, 3)
-    env.rng = np.random.default_rng(0)
-    arrays = rollout_expert(env, lambda e, r: expert.act(e, r)[0], np.random.default_rng(0))
-    assert arrays["observations"].shape[2] == 41 and arrays["actions"].shape[2] == 8
-    assert np.abs(arrays["actions"]).max() <= 1.0
-    data = ant_expert_episodes(expert, 2, seed=0, successful_only=False, batch_size=2, mean_actions=True)
-    assert data["observations"].shape[:1] == (2,) and data["observations"].shape[2] == 41
-    assert np.array_equal(data["subgoals"], data["targets"])
-    with pytest.raises(CheckpointError, match="no ant expert"):
-        load_expert(tmp_path / "missing")
-    with pytest.raises(ConfigError, match="num_envs"):
-        AntPPOConfig(num_envs=0)
+def test_the_expert_walks_to_a_colour_two_cells_away() -> None:
+    # Colour 2 sits two cells above the start cell (3, 2); every ant, whatever its yaw, must walk 4 m.
+    config = AntPinpadConfig(tasks=((2,),), horizon=200)
+    env = BatchedAntPinpad(config, 8)
+    env.reset(seed=0, layouts=np.repeat(LAYOUT[None], 8, axis=0), start_cells=[(3, 2)] * 8)
+    start = env.xy.copy()
+    expert, rng = AntExpert(config), np.random.default_rng(0)
+    while not env.done.all():
+        env.step(expert.act(env, rng)[0])
+    assert env.logic.success.mean() >= 0.75, env.logic.success
+    assert np.linalg.norm(env.xy - start, axis=1).max() > 2.0
+    assert env.t[env.logic.success].mean() < 120, "about 1 m/s: 4 m in well under 6 s"
 
 
-def test_ant_dataset_records_the_config_the_expert_was_trained_in(tmp_path, monkeypatch, capsys) -> None:
-    import internal_rl.envs.ant_expert as ant_expert
+def test_episodes_are_seeded_and_the_clean_data_are_the_mean_actions() -> None:
+    config = AntPinpadConfig(horizon=30)
+    kwargs = dict(env_config=config, successful_only=False, batch_size=4)
+    a = ant_expert_episodes(4, seed=3, **kwargs)
+    b = ant_expert_episodes(4, seed=3, **kwargs)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["observations"].shape[2] == 41 and a["actions"].shape[2] == 8
+    assert np.array_equal(a["subgoals"], a["targets"])
+    clean = ant_expert_episodes(4, seed=3, expert_config=AntExpertConfig(noise_std=0.0), **kwargs)
+    assert not np.array_equal(clean["actions"], a["actions"])
+
+
+def test_bad_expert_configs_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="noise_std"):
+        AntExpertConfig(noise_std=-0.1)
+    with pytest.raises(ConfigError, match="AntPinpadConfig"):
+        ant_expert_data(PointPinpadConfig(), None, 1, 0)
+    env = BatchedAntPinpad(AntPinpadConfig(horizon=10), 1)
+    env.reset(seed=0)
+    with pytest.raises(ConfigError, match="different AntPinpadConfig"):
+        AntExpert(AntPinpadConfig()).act(env, np.random.default_rng(0))
+
+
+def test_ant_dataset_manifest_records_the_expert() -> None:
     from internal_rl.data.generate import env_config_from_manifest, generate_trajectories
-    from internal_rl.envs import registry
 
-    ppo = AntPPOConfig(total_steps=64, num_envs=2, rollout_steps=16, epochs=1, minibatch_size=16, hidden=16)
-    trained_in = AntPinpadConfig(horizon=20)  # not the default config (horizon 500)
-    train_ant_expert(trained_in, ppo, out=tmp_path / "expert", show_progress=False)
-    monkeypatch.setenv(registry.ANT_EXPERT_VARIABLE, str(tmp_path / "expert"))
-    # The tiny expert never succeeds: accept it, and keep its failed episodes (the manifest is under test).
-    monkeypatch.setattr(registry, "MIN_ANT_EXPERT_SUCCESS", 0.0)
-    collect = ant_expert.collect_episodes
-    monkeypatch.setattr(ant_expert, "collect_episodes", lambda *a, **k: collect(*a, **{**k, "successful_only": False}))
-
-    manifest = generate_trajectories("ant-pinpad", 3, seed=0, show_progress=True).manifest
-    assert env_config_from_manifest(manifest) == trained_in
-    assert manifest["expert"] == "AntExpert" and manifest["expert_config"]["ppo_config"]["hidden"] == 16
-    assert manifest["episodes_attempted"] == 64  # exactly one batch of 64 environments
-    assert "generate ant-pinpad" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="trained with horizon=20, not horizon=30"):
-        generate_trajectories("ant-pinpad", 3, seed=0, config=AntPinpadConfig(horizon=30))
-    tasks = ((0, 1), (2, 3))  # the tasks, and only they, may differ from the expert's
-    data = generate_trajectories("ant-pinpad", 3, seed=0, config=AntPinpadConfig(horizon=20), tasks=tasks)
-    assert env_config_from_manifest(data.manifest).tasks == tasks
-
-
-def test_a_bad_ant_expert_folder_is_a_one_line_error(tmp_path) -> None:
-    (tmp_path / "config.json").write_text("{not json")
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match="malformed JSON"):
-        load_expert(tmp_path)
-    (tmp_path / "config.json").write_text('{"model": {}}')
-    with pytest.raises(CheckpointError, match="not an ant expert"):
-        load_expert(tmp_path)
+    data = generate_trajectories("ant-pinpad", 2, seed=0, tasks=((2,), (3,)))
+    manifest = data.manifest
+    assert manifest["expert"] == "AntExpert" and manifest["expert_config"]["noise_std"] == AntExpertConfig().noise_std
+    assert manifest["expert_config"]["gait"]["frequency"] == AntGait().frequency
+    clean = ant_expert_data(None, ((2,),), 2, 0, mean_actions=True)
+    assert clean.expert_config["noise_std"] == 0.0 and clean.arrays["success"].all()
+    assert env_config_from_manifest(manifest).tasks == ((2,), (3,))
+    assert manifest["expert_success_rate"] > 0.5

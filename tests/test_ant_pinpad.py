@@ -7,7 +7,7 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 
 import internal_rl  # noqa: F401  (registers internal_rl/AntPinpad-v0)
 from internal_rl.common.errors import ConfigError
-from internal_rl.envs.ant_pinpad import AntPinpadConfig, AntPinpadEnv, BatchedAntPinpad
+from internal_rl.envs.ant_pinpad import FENCE_GAP, AntPinpadConfig, AntPinpadEnv, BatchedAntPinpad
 from internal_rl.envs.pinpad import cell_centres, symlog
 
 # row 0 = [0, 1, ., .], row 1 = [., wall, ., .], row 2 = [., ., 2, .], row 3 = [3, ., ., .].
@@ -93,7 +93,7 @@ def test_fence_keeps_the_ant_in_the_arena() -> None:
         env.step(np.zeros((1, 8)))
         if env.done[0]:
             break
-    assert data.qpos[0] < 4.0 + 0.3, "stopped by the fence (plus at most the torso radius)"
+    assert data.qpos[0] < 4.0 + FENCE_GAP + 0.3, "stopped by the fence (plus at most the torso radius)"
 
 
 def test_render_shows_the_layout() -> None:

@@ -135,14 +135,6 @@ def test_raw_action_rl_log_probs_of_continuous_actions_match_the_rollout():
     torch.testing.assert_close(recomputed, batch.log_probs, atol=1e-4, rtol=1e-4)
 
 
-def test_reproduce_ant_without_an_expert_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("INTERNAL_RL_ANT_EXPERT", str(tmp_path / "none"))
-    assert main(["reproduce", "ant-pinpad", "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "trained ant expert" in err
-    assert not (tmp_path / "run").exists()
-
-
 def test_the_ant_runs_through_the_same_rollout_code():
     from internal_rl.envs.ant_pinpad import AntPinpadConfig
 

@@ -98,9 +98,22 @@ def test_reproduce_point_pinpad_runs_every_stage_with_videos(tmp_path):
     assert set(results["methods"]) == {"internal", "raw", "no-switch"}
     assert len(results["probes"]["accuracy_by_layer"]) == 5  # the quick pinpad Hawk has 4 blocks
     assert set(results["switching"]) >= {"f1", "nmi"}
+    discovered = json.loads((out / "switching.json").read_text())["controllers"]["codes"]
     videos = {p.name for p in (out / "videos").glob("*.gif")}
     assert videos >= {"expert.gif", "base_model.gif", "controllers_chained.gif"} | {
         f"controller_colour_{g}.gif" for g in range(4)
-    }
+    } | {f"discovered_controller_{c}.gif" for c in range(len(discovered))}
     assert "(videos/expert.gif)" in text
     assert json.loads((out / "reproduce.json").read_text())["config"]["controller_rank"] is None
+
+
+def test_reproduce_ant_pinpad_runs_every_stage(tmp_path):
+    # The full horizon: the scripted ant needs about 240 steps for a 3-colour task. One RL method and no
+    # videos (the point mass runs them all; MuJoCo rendering is tested with the env).
+    tiny = dataclasses.replace(POINT_TINY, episodes=48, clean_episodes=48, horizon=None, steer_episodes=4,
+                               rl_episodes=4, videos=False, methods=("internal",))
+    report = reproduce("ant-pinpad", tmp_path / "run", "quick", show_progress=False, preset=tiny)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["env"] == "ant-pinpad" and set(results["methods"]) == {"internal"}
+    assert results["data"]["expert_success_rate"] > 0.5
+    assert "## RL on task 0-1-2-3" in report.read_text()

@@ -8,6 +8,7 @@ from internal_rl.analysis.switching import (
     clustering_nmi,
     code_probe,
     count_matches,
+    discovered_controllers,
     label_switches,
     plot_alpha_sweep,
     plot_beta_traces,
@@ -84,6 +85,15 @@ def test_nmi_recovers_planted_clusters():
     assert bad["step"] < 0.2
 
 
+def test_discovered_controllers_are_the_planted_segment_codes():
+    traces = _traces(3, separable=True)
+    found = discovered_controllers(traces, 4)
+    planted = {int(tr.subgoals[a]): tr.z[a:a + 6].mean(0) for tr in traces for a in (0, 6, 12)}
+    assert sorted(found["subgoal"]) == [0, 1, 2, 3] and sum(found["segments"]) == 60
+    for code, subgoal in zip(found["codes"], found["subgoal"]):
+        assert np.allclose(code, planted[subgoal], atol=0.2)
+
+
 def test_code_probe_reads_planted_subgoal_codes_and_not_noise():
     good = code_probe(_traces(2, separable=True, episodes=100))
     assert good["segments"] == 300
@@ -101,6 +111,7 @@ def test_report_and_plots(tmp_path):
     assert report["segment_length"]["mean"] == report["true_subgoal_length"]["mean"] == 6.0
     assert report["switches_per_episode"] == report["true_subgoals_per_episode"] == 3.0
     assert report["code_probe"]["accuracy"] == 1.0
+    assert len(report["controllers"]["codes"]) == 4
     assert plot_beta_traces(traces, tmp_path / "beta.png").stat().st_size > 0
     rows = [{"alpha": a, "action_nll": 1 - a, "switches_per_episode": 3 + a, "true_subgoals_per_episode": 3, "f1": 0.5}
             for a in (0.0, 0.1, 0.3)]

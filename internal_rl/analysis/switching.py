@@ -13,7 +13,9 @@ Definitions (the paper gives none; these are ours):
   true segments are the runs of equal subgoal labels.
 - NMI between k-means clusters of z and subgoal labels (sklearn), k = number of distinct subgoals:
   "step" clusters the z_t of every valid step; "segment" clusters each predicted segment's mean z against
-  the segment's majority label (the unit an abstract action is).
+  the segment's majority label (the unit an abstract action is). The "segment" k-means centres are the
+  metacontroller's discovered controllers (`discovered_controllers`; the pinpad videos drive the base model
+  with each).
 - Code probe: does a segment's code name its subgoal? A multinomial logistic regression (5-fold
   cross-validation) from the mean z over each true segment to its subgoal, against always guessing the
   most common subgoal; and the same within each previous subgoal (a segment's successor is one of a few,
@@ -156,18 +158,39 @@ def _nmi(traces: Sequence[EpisodeTrace], z: np.ndarray, labels: np.ndarray, k: i
     out = {}
     km = KMeans(n_clusters=k, n_init=10, random_state=seed)
     out["step"] = float(normalized_mutual_info_score(labels, km.fit_predict(z)))
+    seg_z, seg_labels = segment_codes(traces, threshold)
+    if len(seg_z) >= k:
+        clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(seg_z)
+        out["segment"] = float(normalized_mutual_info_score(seg_labels, clusters))
+    else:
+        out["segment"] = 0.0
+    return out
+
+
+def segment_codes(traces: Sequence[EpisodeTrace], threshold: float = THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """The mean code z of every predicted segment and the segment's majority subgoal: [S, n_z], int [S]."""
     seg_z, seg_labels = [], []
     for tr in traces:
         starts = np.union1d([0], predicted_switches(tr.beta, threshold))
         for a, b in zip(starts, np.concatenate([starts[1:], [len(tr.beta)]])):
             seg_z.append(tr.z[a:b].mean(0))
             seg_labels.append(np.bincount(tr.subgoals[a:b]).argmax())
-    if len(seg_z) >= k:
-        clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.stack(seg_z))
-        out["segment"] = float(normalized_mutual_info_score(seg_labels, clusters))
-    else:
-        out["segment"] = 0.0
-    return out
+    return np.stack(seg_z), np.array(seg_labels, dtype=np.int64)
+
+
+def discovered_controllers(traces: Sequence[EpisodeTrace], k: int, seed: int = 0) -> dict[str, list]:
+    """The metacontroller's k discovered controllers: k-means centres of its segment codes (those the NMI
+    scores), each with its number of segments and their majority subgoal. JSON-ready lists."""
+    seg_z, seg_labels = segment_codes(traces)
+    k = min(k, len(seg_z))
+    with threadpool_limits(1):
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(seg_z)
+    members = [km.labels_ == c for c in range(k)]
+    return {
+        "codes": km.cluster_centers_.tolist(),
+        "segments": [int(m.sum()) for m in members],
+        "subgoal": [int(np.bincount(seg_labels[m]).argmax()) for m in members],
+    }
 
 
 def code_probe(traces: Sequence[EpisodeTrace], folds: int = 5) -> dict[str, Any]:
@@ -251,6 +274,8 @@ def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str,
         "subgoal_switches_with_start": switch_metrics(betas, [tr.subgoals for tr in traces], include_start=True),
         "colour_switches": switch_metrics(betas, [tr.targets for tr in traces]),
         "nmi": clustering_nmi(traces, seed=seed),
+        "controllers": discovered_controllers(traces, len(np.unique(np.concatenate([tr.subgoals for tr in traces]))),
+                                              seed=seed),
         "code_probe": code_probe(traces),
         "segment_length": _length_stats(pred_lengths),
         "true_subgoal_length": _length_stats(true_lengths),

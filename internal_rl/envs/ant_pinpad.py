@@ -5,10 +5,12 @@ Gymnasium's ant model (`gymnasium/envs/mujoco/assets/ant.xml`, the ant of Ant-v5
 of gear 150, control range [-1, 1], RK4 with a 0.01 s timestep). Choices the paper leaves open:
 
 - cell side 2.0 m: the ant spans about 1.6 m leg tip to leg tip, so a cell holds it with room to turn,
-  and a path of a few cells fits the 25 s of an episode at the walking speed of a PPO ant;
+  and a path of a few cells fits the 25 s of an episode at the expert's walking speed (about 1 m/s);
 - frame skip 5 (as Ant-v5): one environment step is 0.05 s of simulation, 500 steps are 25 s;
-- a fence of 1 m walls around the arena (the grid world's "off the grid is a no-op"); the pinpad's wall
-  cell is not a physical obstacle: entering it ends the episode, as in the paper;
+- a fence of 1 m high walls 1 m outside the arena (the grid world's "off the grid is a no-op"; a torso
+  beyond the edge counts as in the edge cell), far enough that the legs of an ant walking along an edge
+  cell do not climb it; the pinpad's wall cell is not a physical obstacle: entering it ends the
+  episode, as in the paper;
 - the coloured, wall and empty cells are thin visual tiles on the floor (no collisions), recoloured to
   the current layout when rendering.
 
@@ -61,6 +63,9 @@ from internal_rl.envs.point_pinpad import check_actions, reset_kwargs
 ANT_XML = Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets" / "ant.xml"
 PROPRIO_DIM = 27  # qpos[2:] (13) + qvel (14)
 ACT_DIM = 8
+# Space between the arena's edge and the fence: an ant walking along an edge cell keeps its legs (0.8 m
+# from the torso's centre) off the fence, which they would otherwise climb, lifting the torso over 1 m.
+FENCE_GAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,13 @@ def ant_pinpad_xml(config: PinpadConfig) -> str:
                 f'size="{cell / 2 - 0.03:.4f} {cell / 2 - 0.03:.4f} 0.002" contype="0" conaffinity="0" '
                 'rgba="0.88 0.88 0.88 1"/>'
             )
-    # The fence: four boxes 1 m high (above the torso) just outside the arena, colliding with the ant.
-    t = 0.25
+    # The fence: four boxes 1 m high (above the torso), FENCE_GAP outside the arena, colliding with the ant.
+    t, out = 0.25, half + FENCE_GAP
     for name, (x, y, sx, sy) in {
-        "fence_n": (0, half + t, half + 2 * t, t),
-        "fence_s": (0, -half - t, half + 2 * t, t),
-        "fence_e": (half + t, 0, t, half + 2 * t),
-        "fence_w": (-half - t, 0, t, half + 2 * t),
+        "fence_n": (0, out + t, out + 2 * t, t),
+        "fence_s": (0, -out - t, out + 2 * t, t),
+        "fence_e": (out + t, 0, t, out + 2 * t),
+        "fence_w": (-out - t, 0, t, out + 2 * t),
     }.items():
         tiles.append(
             f'<geom name="{name}" type="box" pos="{x:.4f} {y:.4f} 0.5" size="{sx:.4f} {sy:.4f} 0.5" '

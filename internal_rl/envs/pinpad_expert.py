@@ -45,52 +45,67 @@ class PointExpertConfig:
         check_positive_float(type(self).__name__, "noise_std", self.noise_std, allow_zero=True)
 
 
+class ShortestPaths:
+    """Where a pinpad expert heads: the grid-level shortest path to each env's next colour.
+
+    Caches `shortest_path_directions` per env and recomputes it, with a fresh random route preference,
+    whenever an env's layout changes (a new episode), so routes vary across episodes but never flicker
+    within one.
+    """
+
+    def __init__(self, env_config: Any):
+        self.env_config = env_config
+        self._layouts: np.ndarray | None = None  # the layouts the cached directions were computed for
+        self._directions: np.ndarray | None = None  # int8 [N, n_colours, G, G]
+
+    def direction(self, logic: Any, xy: np.ndarray, rng: np.random.Generator, lateral_gain: float) -> np.ndarray:
+        """float64 [N, 2]: the unit vector of the path's next move from each body's cell, plus
+        `lateral_gain` times the offset to that cell's centre line (across the move). With no move (the
+        colour is unreachable) only the pull to the cell's centre remains."""
+        self._refresh(logic.layouts, rng)
+        n = len(xy)
+        rows, cols = logic.cells[:, 0], logic.cells[:, 1]
+        move = self._directions[np.arange(n), np.maximum(logic.target(), 0), rows, cols].astype(np.int64)
+        heading = np.where((move >= 0)[:, None], DIRECTIONS_XY[np.maximum(move, 0)], 0.0)
+        offset = cell_centres(rows, cols, self.env_config) - xy
+        across = offset - (offset * heading).sum(axis=1, keepdims=True) * heading
+        return heading + lateral_gain * across
+
+    def _refresh(self, layouts: np.ndarray, rng: np.random.Generator) -> None:
+        n = len(layouts)
+        if self._layouts is None or self._layouts.shape != layouts.shape:
+            changed = np.ones(n, dtype=bool)
+            self._layouts = layouts.copy()
+            self._directions = np.zeros((n, self.env_config.n_colours) + layouts.shape[1:], dtype=np.int8)
+        else:
+            changed = (layouts != self._layouts).reshape(n, -1).any(axis=1)
+        if changed.any():
+            priority = np.argsort(rng.random((int(changed.sum()), 4)), axis=1)
+            self._layouts[changed] = layouts[changed]
+            self._directions[changed] = shortest_path_directions(layouts[changed], self.env_config, priority)
+
+
 class PointExpert:
     """Scripted shortest-path expert for a `BatchedPointPinpad` (see the module docstring)."""
 
     def __init__(self, env_config: PointPinpadConfig, config: PointExpertConfig | None = None):
         self.env_config = env_config
         self.config = config if config is not None else PointExpertConfig()
-        self._layouts: np.ndarray | None = None  # the layouts the cached directions were computed for
-        self._directions: np.ndarray | None = None  # int8 [N, n_colours, G, G]
+        self.paths = ShortestPaths(env_config)
 
     def act(self, env: BatchedPointPinpad, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(sampled actions, mean actions), float32 [N, 2] each, zero for done envs."""
         if env.config != self.env_config:
             raise ConfigError("PointExpert was built for a different PointPinpadConfig than the env it acts in")
-        self._refresh(env, rng)
         ec, c = self.env_config, self.config
-        logic = env.logic
-        n = env.num_envs
-        target = logic.target()
-        rows, cols = logic.cells[:, 0], logic.cells[:, 1]
-        move = self._directions[np.arange(n), np.maximum(target, 0), rows, cols].astype(np.int64)  # [N]
-        heading = np.where((move >= 0)[:, None], DIRECTIONS_XY[np.maximum(move, 0)], 0.0)  # [N, 2]
-        offset = cell_centres(rows, cols, ec) - env.pos  # towards the cell centre
-        # Pull towards the centre line (the component of `offset` across the heading); with no move
-        # (unreachable target) pull towards the centre itself.
-        across = offset - (offset * heading).sum(axis=1, keepdims=True) * heading
-        desired = c.speed * heading + c.lateral_gain * across
+        # Speed along the path, and the pull towards the cell's centre line.
+        desired = c.speed * self.paths.direction(env.logic, env.pos, rng, c.lateral_gain / c.speed)
         mean = c.velocity_gain * (desired - env.vel) + ec.damping / ec.force_gain * desired
         mean = np.clip(mean, -1.0, 1.0)
-        noise = rng.normal(size=(n, 2)) * c.noise_std
+        noise = rng.normal(size=(env.num_envs, 2)) * c.noise_std
         sampled = np.clip(mean + noise, -1.0, 1.0)
-        alive = ~logic.done[:, None]
+        alive = ~env.logic.done[:, None]
         return np.where(alive, sampled, 0.0).astype(np.float32), np.where(alive, mean, 0.0).astype(np.float32)
-
-    def _refresh(self, env: BatchedPointPinpad, rng: np.random.Generator) -> None:
-        """Recompute the grid directions of the envs whose layout changed, with a fresh route preference."""
-        layouts = env.logic.layouts
-        if self._layouts is None or self._layouts.shape != layouts.shape:
-            changed = np.ones(env.num_envs, dtype=bool)
-            self._layouts = layouts.copy()
-            self._directions = np.zeros((env.num_envs, self.env_config.n_colours) + layouts.shape[1:], dtype=np.int8)
-        else:
-            changed = (layouts != self._layouts).reshape(env.num_envs, -1).any(axis=1)
-        if changed.any():
-            priority = np.argsort(rng.random((int(changed.sum()), 4)), axis=1)
-            self._layouts[changed] = layouts[changed]
-            self._directions[changed] = shortest_path_directions(layouts[changed], self.env_config, priority)
 
 
 def rollout_expert(

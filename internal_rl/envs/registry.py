@@ -7,7 +7,7 @@ ant pinpad run through the same code:
     name           config               batched env          expert data                 subgoal
     gridworld      GridWorldConfig      BatchedGridWorld     data/generate.py (chunks)   a colour pair
     point-pinpad   PointPinpadConfig    BatchedPointPinpad   PointExpert                 one colour
-    ant-pinpad     AntPinpadConfig      BatchedAntPinpad     a trained AntExpert         one colour
+    ant-pinpad     AntPinpadConfig      BatchedAntPinpad     AntExpert (scripted gait)   one colour
 
 A batched env (N episodes in numpy, no autoreset) offers: `num_envs`, `config` (with `horizon`, `obs_dim`,
 `n_colours`, `tasks`), `reset(seed, tasks) -> obs`, `step(actions) -> (obs, reward, terminated, truncated,
@@ -18,10 +18,8 @@ Classes are named as "module:attribute" and imported on use: the ant imports MuJ
 """
 
 import importlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,12 +30,6 @@ from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, Task, TaskSplit, 
 
 if TYPE_CHECKING:
     from internal_rl.envs.pinpad_expert import ExpertEpisodes
-
-# Where `reproduce ant-pinpad` looks for the ant expert (scripts/train_ant_expert.py --out ...).
-ANT_EXPERT_VARIABLE = "INTERNAL_RL_ANT_EXPERT"
-DEFAULT_ANT_EXPERT = Path("runs/ant_expert")
-# An ant expert whose last training success rate is below this gives too few demonstrations to learn from.
-MIN_ANT_EXPERT_SUCCESS = 0.2
 
 
 def _resolve(path: str) -> Any:
@@ -63,8 +55,6 @@ class EnvSpec:
     expert: Callable[[Any, Sequence[Task] | None, int, int, bool, bool], "ExpertEpisodes"] | None = None
     # expert_actor(config) -> act(batched_env, rng) -> sampled actions: the expert as a policy (videos).
     expert_actor: Callable[[Any], Callable[[Any, np.random.Generator], np.ndarray]] | None = None
-    # check_ready() raises a one-line ConfigError when the env cannot be used yet (the ant without an expert).
-    check_ready: Callable[[], Any] | None = None
 
     @property
     def config_type(self) -> type:
@@ -125,31 +115,10 @@ def _point_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.
 
 
 def _ant_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.ndarray]:
-    from internal_rl.envs.ant_expert import load_expert
+    from internal_rl.envs.ant_expert import AntExpert
 
-    expert = load_expert(find_ant_expert())
+    expert = AntExpert(config)
     return lambda env, rng: expert.act(env, rng)[0]
-
-
-def find_ant_expert() -> Path:
-    """The folder of a usable trained ant expert, or a one-line ConfigError saying why there is none."""
-    from internal_rl.envs.ant_expert import load_expert_meta
-
-    path = Path(os.environ.get(ANT_EXPERT_VARIABLE, DEFAULT_ANT_EXPERT))
-    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise ConfigError(
-            f"ant-pinpad needs a trained ant expert and there is none at {path} (set {ANT_EXPERT_VARIABLE}, or "
-            f"train one with scripts/train_ant_expert.py --out {path}); no competent ant expert exists yet"
-        )
-    stats = load_expert_meta(path).get("stats")
-    history = (stats.get("history") if isinstance(stats, dict) else None) or [{}]
-    success = history[-1].get("success_rate")
-    if not isinstance(success, (int, float)) or not success >= MIN_ANT_EXPERT_SUCCESS:
-        raise ConfigError(
-            f"the ant expert at {path} succeeds in {success} of its training episodes (need >= "
-            f"{MIN_ANT_EXPERT_SUCCESS}): too few successful demonstrations to pretrain on; train it longer"
-        )
-    return path
 
 
 def _ant_expert(
@@ -157,8 +126,7 @@ def _ant_expert(
 ) -> "ExpertEpisodes":
     from internal_rl.envs.ant_expert import ant_expert_data
 
-    return ant_expert_data(find_ant_expert(), config, tasks, episodes, seed, mean_actions=mean_actions,
-                           show_progress=show_progress)
+    return ant_expert_data(config, tasks, episodes, seed, mean_actions=mean_actions, show_progress=show_progress)
 
 
 _PINPAD_SUBGOALS: tuple[Task, ...] = ((0,), (1,), (2,), (3,))
@@ -177,7 +145,7 @@ ENVS: dict[str, EnvSpec] = {
     "ant-pinpad": EnvSpec(
         "ant-pinpad", "internal_rl.envs.ant_pinpad:AntPinpadConfig", "internal_rl.envs.ant_pinpad:BatchedAntPinpad",
         "pinpad", _PINPAD_SUBGOALS, gym_id="internal_rl/AntPinpad-v0", expert=_ant_expert,
-        expert_actor=_ant_expert_actor, check_ready=find_ant_expert,
+        expert_actor=_ant_expert_actor,
     ),
 }
 
