@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from internal_rl.analysis.steering import SteeringConfig, evaluate_controllers, rollout_with_controllers
-from internal_rl.cli import main
 from internal_rl.common.config import replace
 from internal_rl.common.errors import ConfigError
 from internal_rl.data.generate import env_config_from_manifest, generate_dataset, generate_trajectories
