@@ -117,3 +117,9 @@ def test_ant_dataset_manifest_records_the_expert() -> None:
     assert clean.expert_config["noise_std"] == 0.0 and clean.arrays["success"].all()
     assert env_config_from_manifest(manifest).tasks == ((2,), (3,))
     assert manifest["expert_success_rate"] > 0.5
+
+
+def test_an_unsolvable_configuration_fails_fast_with_a_clear_error() -> None:
+    # 10 steps (0.5 s) reach no colour: the expert never succeeds, and says so after a few batches.
+    with pytest.raises(ConfigError, match="succeeded in only 0 of 128 episodes"):
+        ant_expert_episodes(1, seed=0, env_config=AntPinpadConfig(horizon=10), batch_size=16)

@@ -21,7 +21,7 @@ gait's phase is part of the expert's state, drawn at random when an episode star
 it only through the joint angles and velocities, like the paper's base model sees a PPO ant's gait.
 """
 
-import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -156,11 +156,17 @@ def ant_expert_episodes(
     tasks: Sequence[Task] | None = None,
     successful_only: bool = True,
     batch_size: int = 64,
-    max_batches: int = 1000,
+    max_batches: int | None = None,
     show_progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """`episodes` ant-pinpad expert episodes (successful ones only, by default) as padded arrays
-    (`pinpad_expert.collect_episodes`); tasks as in `point_expert_episodes`. Same seed, same arrays."""
+    (`pinpad_expert.collect_episodes`); tasks as in `point_expert_episodes`. Same seed, same arrays.
+
+    Gives up with a ConfigError after `max_batches` batches; by default 4x the batches a fully successful
+    expert would need (plus 4), so that a configuration the expert cannot solve fails in seconds, not hours.
+    """
+    if max_batches is None:
+        max_batches = 4 * math.ceil(episodes / batch_size) + 4
     env_config = with_tasks(env_config if env_config is not None else AntPinpadConfig(), tasks)
     expert = AntExpert(env_config, expert_config)
     env = BatchedAntPinpad(env_config, batch_size)
@@ -179,7 +185,7 @@ def ant_expert_data(
     if config is not None and not isinstance(config, AntPinpadConfig):
         raise ConfigError(f"the ant expert needs an AntPinpadConfig, got a {type(config).__name__}")
     env_config = with_tasks(config if config is not None else AntPinpadConfig(), tasks)
-    expert = dataclasses.replace(AntExpertConfig(), noise_std=0.0) if mean_actions else AntExpertConfig()
+    expert = AntExpertConfig(noise_std=0.0) if mean_actions else AntExpertConfig()
     arrays = ant_expert_episodes(episodes, seed, env_config=env_config, expert_config=expert,
                                  show_progress=show_progress)
     return ExpertEpisodes(arrays, env_config, "AntExpert", config_to_dict(expert))
