@@ -265,6 +265,7 @@ def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str,
     true_lengths = np.concatenate([segment_lengths(label_switches(tr.subgoals), len(tr.subgoals)) for tr in traces])
     steps = sum(len(tr.beta) for tr in traces)
     binary = np.concatenate([(b < 0.1) | (b > 0.9) for b in betas])
+    nmi = clustering_nmi(traces, seed=seed)
     return {
         "episodes": len(traces),
         "steps": steps,
@@ -273,9 +274,8 @@ def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str,
         "subgoal_switches": switch_metrics(betas, [tr.subgoals for tr in traces]),
         "subgoal_switches_with_start": switch_metrics(betas, [tr.subgoals for tr in traces], include_start=True),
         "colour_switches": switch_metrics(betas, [tr.targets for tr in traces]),
-        "nmi": clustering_nmi(traces, seed=seed),
-        "controllers": discovered_controllers(traces, len(np.unique(np.concatenate([tr.subgoals for tr in traces]))),
-                                              seed=seed),
+        "nmi": nmi,
+        "controllers": discovered_controllers(traces, nmi["n_clusters"], seed=seed),
         "code_probe": code_probe(traces),
         "segment_length": _length_stats(pred_lengths),
         "true_subgoal_length": _length_stats(true_lengths),

@@ -250,10 +250,12 @@ def video_run(run: Path, env: str, seed: int = 0) -> dict[str, dict[str, Any]]:
     except CheckpointError:
         decoder = None
     discovered = None
-    if (run / "switching.json").is_file():
+    # An analysis written before the discovered controllers were recorded has no "controllers": no videos of them.
+    analysis = run / "switching.json"
+    controllers = load_json(analysis).get("controllers") if analysis.is_file() else None
+    if controllers:
         metacontroller = load_metacontroller(run)
-        codes = load_json(run / "switching.json")["controllers"]["codes"]
-        discovered = (metacontroller.controller_decoder, metacontroller.config.hook or hook, codes)
+        discovered = (metacontroller.controller_decoder, metacontroller.config.hook or hook, controllers["codes"])
     return write_videos(run / VIDEOS, env_spec(env), env_config, model, decoder=decoder, hook=hook,
                         discovered=discovered, seed=seed)
 
