@@ -30,6 +30,11 @@ def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--workers", type=int, help="Ray workers to use (default: one per CPU of the Ray cluster)")
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where to train: auto (default: a CUDA GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
+
+
 def _generate(args: argparse.Namespace) -> None:
     from internal_rl.data.generate import generate_dataset, map_chunks_locally
     from internal_rl.envs.tasks import parse_task
@@ -52,7 +57,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     stage = Path(args.out) / "pretrain"
-    result = run_pretraining(config, Path(args.data), stage, resume=args.resume)
+    result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
     held_out = result["held_out"]
     print(f"pretrained base model in {stage}: held-out action accuracy {held_out['action_accuracy']:.3f}, "
           f"NLL {held_out['action_nll']:.3f}; evaluation in {stage / 'eval.json'}")
@@ -80,6 +85,7 @@ def _rl(args: argparse.Namespace) -> None:
         batch=args.batch,
         first_seed=args.first_seed,
         workers=workers,
+        device=args.device,
     )
     for r in results:
         print(
@@ -105,7 +111,7 @@ def _steer(args: argparse.Namespace) -> None:
     run = Path(args.run)
     data = Path(args.data) if args.data else None
     results = steer_run(run, args.preset, data=data, layers=args.layers, seed=args.seed, steps=args.steps,
-                        episodes=args.episodes)
+                        episodes=args.episodes, device=args.device)
     rows = " ".join(f"{r['layer'] if r['layer'] is not None else r['hook']}:{r['single']['success']:.2f}/"
                     f"{r['chained_posttrain']['success']:.2f}" for r in results["layers"])
     print(f"success single/chained(post-training) by layer {rows}; best layer {results['best_layer']}; "
@@ -119,7 +125,7 @@ def _metacontroller(args: argparse.Namespace) -> None:
     summary = train_metacontroller_run(
         Path(args.run), preset_name=args.preset, data=args.data, alpha=args.alpha, steps=args.steps, seed=args.seed,
         force_switch=args.force_switch, label_switches=args.label_switches, resume=args.resume, stage_name=args.stage,
-        **rank,
+        device=args.device, **rank,
     )
     final = summary["final"]
     print(f"trained metacontroller in {summary['stage']} ({summary['train_seconds']:.0f} s): held-out action NLL "
@@ -176,7 +182,7 @@ def _float_list(text: str) -> list[float]:
 def _reproduce(args: argparse.Namespace) -> None:
     from internal_rl.pipeline.reproduce import reproduce
 
-    report = reproduce(args.env, Path(args.out), args.preset)
+    report = reproduce(args.env, Path(args.out), args.preset, device=args.device)
     print(f"report written to {report} (numbers in {report.parent / 'results.json'})")
 
 
@@ -222,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="episodes per step (default: the preset's)")
     p.add_argument("--seed", type=int, help="training seed (default: the preset's, 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/pretrain")
+    _add_device_option(p)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL or the no-switch ablation")
@@ -236,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the preset)")
     p.add_argument("--batch", type=int, default=None, help="episodes per PPO update (overrides the preset)")
     _add_ray_options(p, "collect the episodes")
+    _add_device_option(p)
     p.set_defaults(func=_rl)
 
     p = sub.add_parser("probe", help="linear probes for the current subgoal at every hook of RUN's base model")
@@ -255,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="controller training steps per layer (default: the preset's)")
     p.add_argument("--episodes", type=int, help="rollout episodes per evaluation (default: the preset's)")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
+    _add_device_option(p)
     p.set_defaults(func=_steer)
 
     p = sub.add_parser("metacontroller", help="train the metacontroller on RUN's frozen base model")
@@ -273,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank of the controller U = A B^T, or full for a full d x d matrix (default: the config's, 16)")
     p.add_argument("--stage", help="stage folder name inside RUN (default: metacontroller[-no-switch])")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    _add_device_option(p)
     p.set_defaults(func=_metacontroller)
 
     p = sub.add_parser("analyse", help="switching analysis of RUN's metacontroller (F1, NMI, segment lengths)")
@@ -293,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"])
     p.add_argument("--out", required=True, help="run folder (an existing one is continued)")
     p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~15 min, point-pinpad ~18 min, ant-pinpad ~28 min), long (grid, ~70 min) or full (the paper's budgets)")
+    _add_device_option(p)
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("report", help="rebuild RUN/report.md and RUN/results.json from a run folder's results")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from internal_rl.common.device import module_device
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.logging import ScalarLogger
 from internal_rl.common.logging import progress as progress_bar
@@ -131,7 +132,7 @@ def fit_subgoal_controllers(
     logger: ScalarLogger | None = None,
 ) -> tuple[ControllerDecoder, dict[str, float]]:
     """Train a controller decoder at `hook` so that U_g = decoder(onehot(g)) maximises the expert's action
-    likelihood on steps whose ground-truth subgoal is g (base model frozen).
+    likelihood on steps whose ground-truth subgoal is g (base model frozen), on the model's device.
 
     `dataset` (a TrajectoryDataset with "subgoals") is split by `config.holdout_fraction` (seed
     `config.seed`); returns the decoder and {"heldout_nll_controlled": action NLL on held-out episodes with
@@ -142,9 +143,11 @@ def fit_subgoal_controllers(
     with torch.random.fork_rng(devices=[]):  # a seeded decoder init that leaves the global RNG untouched
         torch.manual_seed(derive_seed(config.seed, "controller", hook))
         decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden)
+    device = module_device(model)
+    decoder.to(device)
     opt = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batch_size = min(config.batch_size, train.num_episodes)
-    batches = train.infinite_batches(batch_size, seed=derive_seed(config.seed, "batches"))
+    batches = train.infinite_batches(batch_size, seed=derive_seed(config.seed, "batches"), device=device)
     tail = []
     for step in progress_bar(range(config.steps), desc=f"controllers {hook}", disable=not show_progress):
         batch = next(batches)
@@ -180,7 +183,7 @@ def heldout_action_nll(
     n_eval = min(config.nll_episodes, held_out.num_episodes)
     total, weight = 0.0, 0
     for start in range(0, n_eval, 128):
-        batch = held_out.batch(np.arange(start, min(start + 128, n_eval)))
+        batch = held_out.batch(np.arange(start, min(start + 128, n_eval)), module_device(model))
         interventions = None
         if decoder is not None:
             interventions = {hook: controller_intervention(decoder, subgoal_codes(batch["subgoals"], decoder.n_z))}
@@ -231,6 +234,7 @@ def rollout_with_controllers(
     env = make_batched_env(env_config, num_envs)
     obs = env.reset(seed=seed, tasks=tasks)
     state = model.init_state(num_envs, env_config.horizon + 1)
+    device = module_device(model)
     generator = torch.Generator().manual_seed(seed)
     colour_to_subgoal = _colour_to_subgoal(spec_of_config(env_config), env_config.n_colours)
     for _ in range(env_config.horizon):
@@ -238,12 +242,12 @@ def rollout_with_controllers(
             break
         interventions = None
         if decoder is not None:
-            subgoal = torch.from_numpy(colour_to_subgoal[env.target()])  # target -1 (done) -> last entry
+            subgoal = torch.from_numpy(colour_to_subgoal[env.target()]).to(device)  # target -1 (done) -> last entry
             z = subgoal_codes(subgoal, decoder.n_z)[:, None, :]  # [N,1,K], matches the step's [N,1,d]
             interventions = {hook: controller_intervention(decoder, z)}
-        out = model.step(torch.as_tensor(obs, dtype=torch.float32), state, interventions=interventions)
+        out = model.step(torch.as_tensor(obs, dtype=torch.float32, device=device), state, interventions=interventions)
         actions = _next_actions(model, out.action_params, generator, greedy)
-        obs, _, _, _, _ = env.step(actions.numpy())
+        obs, _, _, _, _ = env.step(actions.cpu().numpy())
     progress = np.asarray(env.progress).copy()
     return {
         "success": progress >= np.asarray(env.task_lengths),

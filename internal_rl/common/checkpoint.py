@@ -65,7 +65,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     weights = load_file(str(path / WEIGHTS))
     config = load_json(path / CONFIG)
     state_file = path / TRAINING_STATE
-    state = torch.load(state_file, weights_only=False) if state_file.is_file() else None
+    # Onto the CPU, whatever device wrote it: the optimizer's load_state_dict moves its state to the parameters'.
+    state = torch.load(state_file, map_location="cpu", weights_only=False) if state_file.is_file() else None
     return weights, config, state
 
 

@@ -248,8 +248,11 @@ class TrajectoryDataset:
         for indices in self._epoch_indices(batch_size, seed, epoch, shuffle, drop_last):
             yield self.batch(indices)
 
-    def infinite_batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of exactly `batch_size` episodes for step-based training, epoch after shuffled epoch.
+    def infinite_batches(
+        self, batch_size: int, seed: int, start_step: int = 0, device: torch.device | str | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of exactly `batch_size` episodes for step-based training, epoch after shuffled epoch, on
+        `device` (default: the CPU).
 
         The stream is a function of `seed` alone; starting at `start_step` yields the same batches an
         uninterrupted stream yields from that step on, so a resumed run sees the data it would have seen.
@@ -261,7 +264,7 @@ class TrajectoryDataset:
         while True:
             batches = self._epoch_indices(batch_size, seed, epoch, shuffle=True, drop_last=True)
             for indices in batches[offset:]:
-                yield self.batch(indices)
+                yield self.batch(indices, device)
             epoch, offset = epoch + 1, 0
 
     def _epoch_indices(

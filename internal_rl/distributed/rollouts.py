@@ -80,7 +80,7 @@ class RayRolloutWorkers:
         self.actors = [actor_class.remote(method, *self._models) for _ in range(self.num_workers or cluster_cpus())]
 
         def collect(seed: int, num_envs: int) -> RolloutBatch:
-            weights = ray.put({name: value.detach() for name, value in policy.state_dict().items()})
+            weights = ray.put({name: value.detach().cpu() for name, value in policy.state_dict().items()})
             sizes = shard_sizes(num_envs, len(self.actors))
             refs = [actor.collect.remote(weights, derive_seed(seed, "shard", k), size)
                     for k, (actor, size) in enumerate(zip(self.actors, sizes))]

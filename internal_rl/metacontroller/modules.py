@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import CheckpointError, check
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.models.hawk import HawkBlock, HawkConfig
@@ -229,7 +230,7 @@ class Metacontroller(nn.Module):
         h_prev = torch.cat([h.new_zeros(b, 1, h.shape[-1]), h[:, :-1]], dim=1)
         mu, logvar = self.encoder(x, h_prev, s)
         if sample:
-            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+            eps = standard_normal(mu.shape, generator, mu)
             z_tilde = mu + torch.exp(0.5 * logvar) * eps
         else:
             z_tilde = mu

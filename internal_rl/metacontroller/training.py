@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from internal_rl.common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from internal_rl.common.config import config_to_dict, load_json, replace, save_json
+from internal_rl.common.device import describe_device, module_device, resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
@@ -194,7 +195,7 @@ def evaluate(base: nn.Module, metacontroller: Metacontroller, dataset: Any, max_
     steps = 0
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        batch = dataset.batch(idx)
+        batch = dataset.batch(idx, module_device(base))
         nll, out = controlled_forward(base, metacontroller, batch, sample=False)
         mask = batch["mask"].to(nll.dtype)
         totals["nll"] += (nll * mask).sum().item()
@@ -235,15 +236,18 @@ def train_metacontroller(
     extra_config: Mapping[str, Any] | None = None,
     show_progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[Metacontroller, dict[str, Any]]:
-    """Train a metacontroller on `dataset` (a TrajectoryDataset) against the frozen `base`; return it and a summary.
+    """Train a metacontroller on `dataset` (a TrajectoryDataset) against the frozen `base` on `device` (where
+    `base` is moved); return it and a summary.
 
     With `checkpoint_dir`, checkpoints (weights, config, optimizer and RNG state) replace it atomically every
     `checkpoint_every` steps and at the end; `log_dir` receives TensorBoard scalars. `resume=True` continues
     from the checkpoint in `checkpoint_dir` if one exists, and the result equals an uninterrupted run's.
     `extra_config` is stored in the checkpoint's config (e.g. the dataset path and checksum).
     """
-    freeze(base)
+    device = resolve_device(device)
+    freeze(base).to(device)
     config = resolve_config(config, base)
     train_part, held_out = dataset.split(train.holdout_fraction, train.seed)
     check(
@@ -251,7 +255,7 @@ def train_metacontroller(
         f"batch_size {train.batch_size} exceeds the {train_part.num_episodes} training episodes; use a smaller batch or more data",
     )
     seed_everything(train.seed)
-    model = Metacontroller(config)
+    model = Metacontroller(config).to(device)  # initialised on the CPU: the same weights on every device
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=train.betas)
     generator = torch.Generator().manual_seed(derive_seed(train.seed, "z-noise"))
     saved_config = {
@@ -263,7 +267,9 @@ def train_metacontroller(
     if checkpoint_dir is not None and resume and (Path(checkpoint_dir) / "config.json").is_file():
         start_step, history = _restore(Path(checkpoint_dir), model, optimizer, generator, saved_config)
     logger = ScalarLogger(log_dir)
-    batches = train_part.infinite_batches(train.batch_size, seed=derive_seed(train.seed, "batches"), start_step=start_step)
+    batches = train_part.infinite_batches(
+        train.batch_size, seed=derive_seed(train.seed, "batches"), start_step=start_step, device=device
+    )
     model.train()
     started = time.perf_counter()
     bar = progress(range(start_step, train.steps), total=train.steps - start_step, desc="metacontroller", disable=not show_progress)
@@ -294,6 +300,7 @@ def train_metacontroller(
         "steps": train.steps,
         "resumed_from": start_step,
         "train_seconds": time.perf_counter() - started,
+        "device": describe_device(device),
         "final": history[-1] if history else {},
         "history": history,
     }
@@ -360,13 +367,14 @@ def train_metacontroller_run(
     stage_name: str | None = None,
     show_progress: bool = True,
     rank: int | None = MetacontrollerConfig.rank,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train the metacontroller of run folder `run_dir` against its base model into RUN/<stage_name>/
     (default: RUN/metacontroller, RUN/metacontroller-no-switch for the `force_switch` ablation, or
     RUN/metacontroller-label-switches for the `label_switches` diagnostic).
 
     Layout (as the pretrain stage): checkpoint/ (weights, config.json, training state), tb/, summary.json.
-    `rank` is the controller's (None: full rank, the ant's).
+    `rank` is the controller's (None: full rank, the ant's). It trains on `device`.
     The dataset is the one pretraining recorded, unless `data` is given. Refuses to overwrite an existing
     checkpoint unless `resume` (which continues it, or starts afresh when there is none). Returns the
     summary (also written to summary.json).
@@ -390,7 +398,7 @@ def train_metacontroller_run(
     extra = {"dataset": {"path": str(data_dir.resolve()), "checksum": dataset.checksum}, "preset": preset_name}
     _, summary = train_metacontroller(
         base, dataset, config, train, checkpoint_dir=checkpoint_dir, log_dir=stage / "tb", resume=resume,
-        extra_config=extra, show_progress=show_progress,
+        extra_config=extra, show_progress=show_progress, device=device,
     )
     summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage)}
     save_json(stage / "summary.json", summary)

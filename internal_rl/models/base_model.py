@@ -232,11 +232,13 @@ class BaseModel(nn.Module):
 
     def placeholder_actions(self, batch_size: int, steps: int | None = None) -> Tensor:
         """Zero actions in the head's format, to fill in for episodes that take none (finished or padded):
-        int64 [B] (categorical) or float32 [B, action_dim] (Gaussian); [B, steps, ...] with `steps`."""
+        int64 [B] (categorical) or float32 [B, action_dim] (Gaussian); [B, steps, ...] with `steps`; on the
+        model's device."""
         shape = (batch_size,) if steps is None else (batch_size, steps)
+        device = self.ln_final.weight.device
         if self.config.action_head == "categorical":
-            return torch.zeros(shape, dtype=torch.long)
-        return torch.zeros(*shape, self.config.action_dim)
+            return torch.zeros(shape, dtype=torch.long, device=device)
+        return torch.zeros(*shape, self.config.action_dim, device=device)
 
     def sample_actions(self, action_params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample one action per step from `action_params` [...,P] with an explicit generator (seeded rollouts)."""

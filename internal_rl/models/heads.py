@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import ConfigError
 from internal_rl.models.transformer import init_linear
 
@@ -39,8 +40,8 @@ class CategoricalActionHead(nn.Module):
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One action per step: logits [...,A] -> int64 [...]."""
-        probs = F.softmax(params, dim=-1).reshape(-1, params.shape[-1])
-        return torch.multinomial(probs, 1, generator=generator).view(params.shape[:-1])
+        probs = F.softmax(params, dim=-1).reshape(-1, params.shape[-1]).cpu()  # drawn on the CPU: common/device.py
+        return torch.multinomial(probs, 1, generator=generator).view(params.shape[:-1]).to(params.device)
 
     def nll(self, params: Tensor, actions: Tensor) -> Tensor:
         """-log p(a_t) [B,T] for integer actions [B,T] (any value where masked out: it is clamped)."""
@@ -68,8 +69,7 @@ class GaussianActionHead(nn.Module):
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One action vector per step: [...,2*action_dim] -> [...,action_dim]."""
         mean, log_std = params.chunk(2, dim=-1)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        return mean + log_std.exp() * noise
+        return mean + log_std.exp() * standard_normal(mean.shape, generator, mean)
 
     def nll(self, params: Tensor, actions: Tensor) -> Tensor:
         """-log p(a_t) [B,T] for action vectors [B,T,action_dim]."""

@@ -25,6 +25,7 @@ import torch
 
 from internal_rl.common.checkpoint import load_checkpoint, rng_state, set_rng_state
 from internal_rl.common.config import config_to_dict, replace, save_json
+from internal_rl.common.device import describe_device, module_device, resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
@@ -148,8 +149,11 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
     return config.lr * (config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine)
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 matmuls natively (oneDNN with AVX512-BF16/AMX); emulated ones are slower than float32."""
+def bf16_supported(device: torch.device = torch.device("cpu")) -> bool:
+    """Whether `device` runs bfloat16 matmuls natively: a CUDA GPU that has them, or a CPU with oneDNN and
+    AVX512-BF16/AMX (emulated ones are slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -186,7 +190,12 @@ def _check_resumable(saved: dict[str, Any], config: PretrainConfig, checksum: st
 
 
 def length_grouped_batches(
-    dataset: TrajectoryDataset, batch_size: int, seed: int, start_step: int = 0, group_batches: int = 32
+    dataset: TrajectoryDataset,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    group_batches: int = 32,
+    device: torch.device | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches of `batch_size` episodes of similar length, a resumable stream like `infinite_batches`.
 
@@ -194,7 +203,7 @@ def length_grouped_batches(
     by length and cuts it into batches, then shuffles the batch order. Batches are padded to their longest
     episode, so this wastes far less compute on padding than random batches (grid-world lengths range
     roughly 10-70). The stream depends only on `seed`; starting at `start_step` yields what an
-    uninterrupted stream yields from that step on.
+    uninterrupted stream yields from that step on. Batches are placed on `device` (default: the CPU).
     """
     n = dataset.num_episodes
     per_epoch = n // batch_size
@@ -210,7 +219,7 @@ def length_grouped_batches(
         order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
         batches = order.reshape(per_epoch, batch_size)[rng.permutation(per_epoch)]
         for indices in batches[offset:]:
-            yield dataset.batch(indices)
+            yield dataset.batch(indices, device)
         epoch, offset = epoch + 1, 0
 
 
@@ -222,6 +231,7 @@ class TrainResult:
     losses: list[float]  # training loss of each step run here (steps start_step..config.steps-1)
     start_step: int
     bf16: bool  # whether bfloat16 autocast was used
+    device: torch.device
     seconds: float
     tokens_per_second: float
 
@@ -236,20 +246,23 @@ def train_base_model(
     resume: bool = False,
     extra_config: dict[str, Any] | None = None,
     show_progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
-    """Train a base model on `train_set` for `config.steps` steps and return it with its losses.
+    """Train a base model on `train_set` for `config.steps` steps on `device` and return it with its losses.
 
     With `checkpoint_dir`, a checkpoint (weights, config incl. `extra_config`, optimizer/RNG/step) is
     written every `checkpoint_every` steps and at the end; with `resume`, training continues from the
-    checkpoint there (if any) and gives the losses an uninterrupted run would have given.
+    checkpoint there (if any, from any device) and gives the losses an uninterrupted run on this device
+    would have given.
     """
     if config.model.obs_dim != train_set.obs_dim:
         raise ConfigError(f"model obs_dim {config.model.obs_dim} != dataset obs_dim {train_set.obs_dim}")
     if config.batch_size > train_set.num_episodes:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {train_set.num_episodes} training episodes")
+    device = resolve_device(device)
     seed_everything(config.seed)
     torch.manual_seed(derive_seed(config.seed, "init"))
-    model = BaseModel(config.model)
+    model = BaseModel(config.model).to(device)  # initialised on the CPU: the same weights on every device
     optimizer = make_optimizer(model, config)
     checkpoint_config = {"pretrain": config_to_dict(config), **(extra_config or {})}
 
@@ -272,9 +285,11 @@ def train_base_model(
             save_base_model(checkpoint_dir, model, {**checkpoint_config, "step": step}, state)
 
     logger = ScalarLogger(log_dir)
-    eval_batch = held_out.batch(np.arange(min(256, held_out.num_episodes))) if held_out is not None else None
-    batches = length_grouped_batches(train_set, config.batch_size, derive_seed(config.seed, "data"), start_step)
-    use_bf16 = config.bf16_autocast and bf16_supported()
+    eval_batch = held_out.batch(np.arange(min(256, held_out.num_episodes)), device) if held_out is not None else None
+    batches = length_grouped_batches(
+        train_set, config.batch_size, derive_seed(config.seed, "data"), start_step, device=device
+    )
+    use_bf16 = config.bf16_autocast and bf16_supported(device)
     losses: list[float] = []
     tokens = 0
     start_time = time.perf_counter()
@@ -286,7 +301,7 @@ def train_base_model(
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, metrics = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -310,7 +325,7 @@ def train_base_model(
     save(config.steps)
     logger.close()
     seconds = time.perf_counter() - start_time
-    return TrainResult(model, losses, start_step, use_bf16, seconds, tokens / max(seconds, 1e-9))
+    return TrainResult(model, losses, start_step, use_bf16, device, seconds, tokens / max(seconds, 1e-9))
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
@@ -322,7 +337,7 @@ def evaluate_held_out(model: BaseModel, dataset: TrajectoryDataset, batch_size: 
     totals = {"action_nll": 0.0, "obs_nll": 0.0, "action_accuracy": 0.0}
     n_steps = 0
     for start in range(0, dataset.num_episodes, batch_size):
-        batch = dataset.batch(np.arange(start, min(start + batch_size, dataset.num_episodes)))
+        batch = dataset.batch(np.arange(start, min(start + batch_size, dataset.num_episodes)), module_device(model))
         _, metrics = model.loss(batch)
         steps = int(batch["mask"].sum())
         for key in totals:
@@ -466,14 +481,15 @@ def evaluate_rollouts(
     count = np.zeros(episodes, dtype=np.int64)
     steps_taken = np.zeros(episodes, dtype=np.int64)
     state = model.init_state(episodes, env_config.horizon)
+    device = module_device(model)
     was_training = model.training
     model.eval()
     for _ in range(env_config.horizon):
         active = count < max_colours
         if not active.any():
             break
-        out = model.step(torch.from_numpy(obs), state)
-        actions = model.sample_actions(out.action_params[:, 0], generator).numpy()
+        out = model.step(torch.from_numpy(obs).to(device), state)
+        actions = model.sample_actions(out.action_params[:, 0], generator).cpu().numpy()
         obs, entered_colour = grid.step(actions)
         entered = (entered_colour >= 0) & active
         sequences[entered, count[entered]] = entered_colour[entered]
@@ -518,9 +534,16 @@ def evaluate_base_model(
 
 
 def run_pretraining(
-    config: PretrainConfig, data_dir: Path, stage_dir: Path, *, resume: bool = False, show_progress: bool = True
+    config: PretrainConfig,
+    data_dir: Path,
+    stage_dir: Path,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Pretrain on the dataset at `data_dir` into `stage_dir` (checkpoint/, tb/, eval.json); return eval.json's content.
+    """Pretrain on the dataset at `data_dir` into `stage_dir` (checkpoint/, tb/, eval.json) on `device`;
+    return eval.json's content.
 
     Refuses to overwrite an existing checkpoint unless `resume` (which continues it, or starts afresh
     when there is none).
@@ -551,6 +574,7 @@ def run_pretraining(
         resume=resume,
         extra_config=extra,
         show_progress=show_progress,
+        device=device,
     )
     start = time.perf_counter()
     evaluation = evaluate_base_model(result.model, held_out, rollouts=config.eval_rollouts, seed=config.seed)
@@ -561,6 +585,7 @@ def run_pretraining(
             "train_seconds": result.seconds,
             "train_tokens_per_second": result.tokens_per_second,
             "train_bf16_autocast": result.bf16,
+            "train_device": describe_device(result.device),
             "eval_seconds": time.perf_counter() - start,
             "dataset": extra["dataset"],
         }

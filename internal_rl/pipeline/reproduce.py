@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from internal_rl.common.config import config_to_dict, load_json, replace, save_json
+from internal_rl.common.device import describe_device, resolve_device
 from internal_rl.common.errors import ConfigError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
@@ -127,8 +130,11 @@ CLEAN_DATA = "data-clean"  # D*, beside DIR/data (D)
 VIDEOS = "videos"
 
 
-def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = True) -> list[Stage]:
-    """The pipeline of `env` (any registered environment) as a list of resumable stages."""
+def pipeline_stages(
+    env: str, preset: ReproducePreset, show_progress: bool = True, device: str | torch.device = "cpu"
+) -> list[Stage]:
+    """The pipeline of `env` (any registered environment) as a list of resumable stages; pretraining, the
+    supervised controllers, the metacontrollers and RL train on `device`, the other analyses run on the CPU."""
     from internal_rl.analysis.code_replay import replay_run
     from internal_rl.analysis.switching import analyse_run
     from internal_rl.data.generate import generate_dataset
@@ -158,7 +164,9 @@ def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = Tru
 
     def pretrain(out: Path) -> dict[str, Any]:
         config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
-        result = run_pretraining(config, out / "data", out / "pretrain", resume=True, show_progress=show_progress)
+        result = run_pretraining(
+            config, out / "data", out / "pretrain", resume=True, show_progress=show_progress, device=device
+        )
         held_out = result["held_out"]  # accuracy is NaN for a Gaussian action head: leave it out
         keys = ("action_accuracy", "action_nll")
         return {key: held_out[key] for key in keys if math.isfinite(held_out.get(key, math.nan))}
@@ -170,7 +178,7 @@ def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = Tru
     def steer(out: Path) -> dict[str, Any]:
         steer_run(
             out, preset.steer, data=clean_data(out), seed=preset.seed, steps=preset.steer_steps,
-            episodes=preset.steer_episodes, show_progress=show_progress, posttrain_task=preset.task,
+            episodes=preset.steer_episodes, show_progress=show_progress, posttrain_task=preset.task, device=device,
         )
         return {}
 
@@ -179,7 +187,7 @@ def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = Tru
             train_metacontroller_run(
                 out, preset_name=preset.metacontroller, data=clean_data(out), seed=preset.seed,
                 steps=preset.metacontroller_steps, force_switch=force_switch, resume=True,
-                show_progress=show_progress, rank=preset.controller_rank,
+                show_progress=show_progress, rank=preset.controller_rank, device=device,
             )
             stage = "metacontroller-no-switch" if force_switch else "metacontroller"
             report = analyse_run(out, stage_name=stage)
@@ -195,7 +203,7 @@ def pipeline_stages(env: str, preset: ReproducePreset, show_progress: bool = Tru
         def run(out: Path) -> dict[str, Any]:
             results = run_rl_seeds(
                 method, out, preset.task, preset.seeds, preset.rl, episodes=preset.rl_episodes,
-                first_seed=preset.seed, show_progress=show_progress,
+                first_seed=preset.seed, show_progress=show_progress, device=device,
             )
             return {"final_success": [r["final_eval"]["success_rate"] for r in results]}
 
@@ -261,16 +269,23 @@ def video_run(run: Path, env: str, seed: int = 0) -> dict[str, dict[str, Any]]:
 
 
 def reproduce(
-    env: str, out: Path, preset_name: str = "quick", show_progress: bool = True, preset: ReproducePreset | None = None
+    env: str,
+    out: Path,
+    preset_name: str = "quick",
+    show_progress: bool = True,
+    preset: ReproducePreset | None = None,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Run (or continue) the whole pipeline for `env` into `out`; return the report's path.
 
     `preset` replaces the named preset's settings (the name is still recorded), e.g. for a tiny test run.
+    The training stages run on `device` (see `pipeline_stages`).
     """
     named = reproduce_preset(preset_name, env)  # checks env and name
+    device = resolve_device(device)
     out = Path(out)
     preset = preset or named
-    record = {"env": env, "preset": preset_name, "config": config_to_dict(preset)}
+    record = {"env": env, "preset": preset_name, "config": config_to_dict(preset), "device": describe_device(device)}
     record_path = out / "reproduce.json"
     if record_path.is_file():
         previous = load_json(record_path)
@@ -281,7 +296,7 @@ def reproduce(
             )
     out.mkdir(parents=True, exist_ok=True)
     save_json(record_path, record)
-    stages = pipeline_stages(env, preset, show_progress)
+    stages = pipeline_stages(env, preset, show_progress, device)
     report_marker = out / "stages" / "report.json"
     report_marker.unlink(missing_ok=True)
     run_stages(out, stages)

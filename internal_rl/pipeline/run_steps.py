@@ -3,7 +3,10 @@
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from internal_rl.common.config import load_json, replace, save_json
+from internal_rl.common.device import resolve_device
 from internal_rl.envs.tasks import Task
 
 
@@ -41,10 +44,10 @@ DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: 
 def steer_run(
     run: Path, preset: str = "quick", *, data: Path | None = None, layers: list[str] | None = None,
     seed: int | None = None, steps: int | None = None, episodes: int | None = None, show_progress: bool = True,
-    posttrain_task: Task | None = None,
+    posttrain_task: Task | None = None, device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Fit and evaluate supervised subgoal controllers per layer; write RUN/steering.json, RUN/steering.png
-    and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/.
+    """Fit and evaluate supervised subgoal controllers per layer on `device`; write RUN/steering.json,
+    RUN/steering.png and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/.
     The controllers are chained on `posttrain_task` (default: the env's post-training task)."""
     from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
     from internal_rl.common.checkpoint import save_checkpoint
@@ -55,7 +58,7 @@ def steer_run(
     run = Path(run)
     overrides = {"seed": seed, "steps": steps, "episodes": episodes}
     config = replace(steer_preset(preset), **{k: v for k, v in overrides.items() if v is not None})
-    model = load_base_model(run)
+    model = load_base_model(run).to(resolve_device(device))
     dataset = load_dataset(run_dataset(run, data))
     hooks = resolve_layers(layers, model.n_layers)
 

@@ -42,6 +42,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from internal_rl.common.device import module_device
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.gridworld import GridWorldConfig
@@ -107,7 +108,8 @@ class BatchedInternalEnv:
 
     The base model and the metacontroller are used frozen and under `torch.no_grad()`. Episodes that have
     finished stay frozen (the env ignores their actions) until the next `reset`. `env_config` is any
-    registered environment's config (`envs/registry.py`); its batched env is `self.env`.
+    registered environment's config (`envs/registry.py`); its batched env is `self.env`. The tensors this
+    env returns are on the base model's device (`self.device`), where the metacontroller must be too.
     """
 
     def __init__(
@@ -127,6 +129,11 @@ class BatchedInternalEnv:
             f"environment obs_dim={env_config.obs_dim} does not match the base model's {base_model.config.obs_dim}",
         )
         check(0.0 < beta_threshold <= 1.0, f"beta_threshold={beta_threshold}; expected in (0, 1]")
+        self.device = module_device(base_model)
+        check(
+            module_device(metacontroller) == self.device,
+            f"the metacontroller is on {module_device(metacontroller)}, the base model on {self.device}",
+        )
         self.base_model = base_model
         self.metacontroller = metacontroller
         self.hook = resolve_hook(base_model, metacontroller)
@@ -148,21 +155,21 @@ class BatchedInternalEnv:
         self.generator.manual_seed(derive_seed(seed, "base-model-actions"))
         n = self.num_envs
         self.decoding_state = self.base_model.init_state(n, self.horizon)
-        self.rows = torch.arange(n)  # the episodes in the base model's batch (finished ones get dropped)
+        self.rows = torch.arange(n, device=self.device)  # the episodes in the model's batch (finished ones get dropped)
         self.switch_state = self.metacontroller.init_switch_state(n)  # history GRU state h, [N, n_h]
-        self.z = torch.zeros(n, self.n_z)  # z_0 = 0
+        self.z = torch.zeros(n, self.n_z, device=self.device)  # z_0 = 0
         self.t = 0
         self._started = True
 
     @property
     def done(self) -> Tensor:
         """bool [N]: the episode has ended (terminated or truncated)."""
-        return torch.from_numpy(self.env.done.copy())
+        return torch.from_numpy(self.env.done.copy()).to(self.device)
 
     @property
     def successes(self) -> Tensor:
         """bool [N]: the episode ended by completing its task."""
-        return torch.from_numpy(self.env.terminated & (self.env.progress == self.env.task_lengths))
+        return torch.from_numpy(self.env.terminated & (self.env.progress == self.env.task_lengths)).to(self.device)
 
     @torch.no_grad()
     def step(self, decide: Decide) -> LowLevelStep:
@@ -174,7 +181,7 @@ class BatchedInternalEnv:
         self.rows = rows
         running = active[rows]  # [R], for the R episodes in the base model's batch
         first_step = self.t == 0
-        obs = torch.from_numpy(self.env.observations())[rows]
+        obs = torch.from_numpy(self.env.observations()).to(self.device)[rows]
         z_prev = self.z[rows]
         decisions: dict[str, Tensor] = {}
 
@@ -192,21 +199,21 @@ class BatchedInternalEnv:
         out = self.base_model.step(obs, self.decoding_state, interventions={self.hook: control})
         actions = self.base_model.placeholder_actions(self.num_envs)  # finished episodes ignore their action
         actions[rows] = self.base_model.sample_actions(out.action_params[:, 0], self.generator)
-        _, reward, terminated, truncated, _ = self.env.step(actions.numpy())
+        _, reward, terminated, truncated, _ = self.env.step(actions.cpu().numpy())
 
         # Commit: only running episodes advance their switch state (finished ones are frozen).
         self.switch_state[rows] = torch.where(running[:, None], decisions["switch_state"], self.switch_state[rows])
         self.z[rows] = decisions["z"]
         self.t += 1
-        n = self.num_envs
+        n, device = self.num_envs, self.device
         return LowLevelStep(
-            reward=torch.from_numpy(reward),
+            reward=torch.from_numpy(reward).to(device),
             active=active,
-            decided=torch.zeros(n, dtype=torch.bool).index_put((rows,), decisions["fire"]),
-            beta=torch.zeros(n).index_put((rows,), decisions["beta"]),
-            e=torch.zeros(n, self.d_model).index_put((rows,), decisions["e"]),
-            terminated=torch.from_numpy(terminated),
-            truncated=torch.from_numpy(truncated),
+            decided=torch.zeros(n, dtype=torch.bool, device=device).index_put((rows,), decisions["fire"]),
+            beta=torch.zeros(n, device=device).index_put((rows,), decisions["beta"]),
+            e=torch.zeros(n, self.d_model, device=device).index_put((rows,), decisions["e"]),
+            terminated=torch.from_numpy(terminated).to(device),
+            truncated=torch.from_numpy(truncated).to(device),
         )
 
 
@@ -246,7 +253,7 @@ class InternalEnv(gymnasium.Env):
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(d,), dtype=np.float32)
         self.action_space = spaces.Box(-np.inf, np.inf, shape=(n_z,), dtype=np.float32)
         self._pending_z: Tensor | None = None
-        self._last_e = torch.zeros(d)
+        self._last_e = torch.zeros(d, device=self._core.device)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
@@ -259,7 +266,7 @@ class InternalEnv(gymnasium.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if bool(self._core.done[0]):
             raise ConfigError("InternalEnv.step called after the episode ended; call reset")
-        z = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(1, self._core.n_z)
+        z = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self._core.device).reshape(1, self._core.n_z)
         self._pending_z = z
         e, reward, low_level_steps = self._run_until_decision()
         terminated = bool(self._core.env.terminated[0])
@@ -273,11 +280,11 @@ class InternalEnv(gymnasium.Env):
             try:
                 result = self._core.step(self._decide)
             except _AwaitDecision as wait:
-                return wait.e.numpy().astype(np.float32), reward, low_level_steps
+                return wait.e.cpu().numpy().astype(np.float32), reward, low_level_steps
             reward += float(result.reward[0])
             low_level_steps += 1
             self._last_e = result.e[0]
-        return self._last_e.numpy().astype(np.float32), reward, low_level_steps
+        return self._last_e.cpu().numpy().astype(np.float32), reward, low_level_steps
 
     def _decide(self, e: Tensor, env_ids: Tensor) -> Tensor:
         if self._pending_z is None:

@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import check
 from internal_rl.models.base_model import BaseModel, DecodingState
 from internal_rl.models.hawk import HawkBlock, HawkConfig, HawkState
@@ -79,8 +80,7 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
 
 def sample_gaussian(mean: Tensor, log_std: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """z = mean + std * eps with eps ~ N(0, I) from an explicit generator (seeded rollouts)."""
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return mean + log_std.exp() * noise
+    return mean + log_std.exp() * standard_normal(mean.shape, generator, mean)
 
 
 def select_state(state: HawkState, index: Tensor) -> HawkState:

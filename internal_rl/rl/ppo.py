@@ -73,6 +73,12 @@ class RolloutBatch:
         """The sub-batch of episodes `index`."""
         return RolloutBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
+    def to(self, device: torch.device) -> "RolloutBatch":
+        """This batch on `device` (itself if it is there already)."""
+        if self.returns.device == device:
+            return self
+        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
     @staticmethod
     def concatenate(batches: "list[RolloutBatch]") -> "RolloutBatch":
         """One batch of all episodes of `batches`, in order; per-decision fields are zero-padded to the
@@ -159,7 +165,7 @@ def ppo_update(
         return {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "skipped": 1.0}
 
     for _epoch in range(config.epochs):
-        order = torch.randperm(batch.num_episodes, generator=generator)
+        order = torch.randperm(batch.num_episodes, generator=generator).to(batch.returns.device)
         for index in order.chunk(config.minibatches):
             minibatch = batch.select(index)
             log_probs = policy.log_prob(minibatch.inputs, minibatch.actions, minibatch.mask)

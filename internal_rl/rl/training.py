@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from internal_rl.common.config import config_to_dict, load_json, replace, save_json
+from internal_rl.common.device import describe_device, module_device, resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
@@ -133,13 +134,13 @@ def collect_internal_rollouts(
 
     Returns the decisions (e and z at each decision time, [N, M, ...]) with their log-probabilities.
     """
-    n, horizon = env.num_envs, env.horizon
+    n, horizon, device = env.num_envs, env.horizon, env.device
     env.reset(seed)
     policy_state = policy.initial_state(n)
-    inputs = torch.zeros(n, horizon, env.d_model)  # e at decision m
-    codes = torch.zeros(n, horizon, env.n_z)  # z chosen at decision m
-    log_probs = torch.zeros(n, horizon)
-    decisions = torch.zeros(n, dtype=torch.long)
+    inputs = torch.zeros(n, horizon, env.d_model, device=device)  # e at decision m
+    codes = torch.zeros(n, horizon, env.n_z, device=device)  # z chosen at decision m
+    log_probs = torch.zeros(n, horizon, device=device)
+    decisions = torch.zeros(n, dtype=torch.long, device=device)
 
     def decide(e: Tensor, env_ids: Tensor) -> Tensor:
         nonlocal policy_state
@@ -153,8 +154,8 @@ def collect_internal_rollouts(
         policy_state = update_state(policy_state, env_ids, new_state)
         return z
 
-    returns = torch.zeros(n)
-    env_steps = torch.zeros(n, dtype=torch.long)
+    returns = torch.zeros(n, device=device)
+    env_steps = torch.zeros(n, dtype=torch.long, device=device)
     while not bool(env.done.all()):
         step = env.step(decide)
         returns += step.reward
@@ -165,7 +166,7 @@ def collect_internal_rollouts(
         inputs=inputs[:, :m],
         actions=codes[:, :m],
         log_probs=log_probs[:, :m],
-        mask=torch.arange(m)[None, :] < decisions[:, None],
+        mask=torch.arange(m, device=device)[None, :] < decisions[:, None],
         returns=returns,
         successes=env.successes,
         env_steps=env_steps,
@@ -179,26 +180,26 @@ def collect_raw_rollouts(
 ) -> RolloutBatch:
     """Run N episodes with the raw-action policy (KV-cached stepping) in a batched env (`envs/registry.py`);
     every action is a decision, discrete or continuous."""
-    n, horizon = env.num_envs, env.config.horizon
-    obs = torch.from_numpy(env.reset(seed=derive_seed(seed, "layouts")))
+    n, horizon, device = env.num_envs, env.config.horizon, module_device(policy)
+    obs = torch.from_numpy(env.reset(seed=derive_seed(seed, "layouts"))).to(device)
     state = policy.init_state(n, horizon)
-    observations = torch.zeros(n, horizon, env.config.obs_dim)
+    observations = torch.zeros(n, horizon, env.config.obs_dim, device=device)
     actions = policy.model.placeholder_actions(n, horizon)
-    log_probs = torch.zeros(n, horizon)
-    mask = torch.zeros(n, horizon, dtype=torch.bool)
-    returns = torch.zeros(n)
+    log_probs = torch.zeros(n, horizon, device=device)
+    mask = torch.zeros(n, horizon, dtype=torch.bool, device=device)
+    returns = torch.zeros(n, device=device)
 
-    rows = torch.arange(n)  # the episodes in the model's batch: finished ones get dropped
+    rows = torch.arange(n, device=device)  # the episodes in the model's batch: finished ones get dropped
     t = 0
     while not env.done.all():
-        active = torch.from_numpy(~env.done)
+        active = torch.from_numpy(~env.done).to(device)
         state, rows = drop_finished(state, rows, ~active)
         action = policy.model.placeholder_actions(n)  # finished episodes ignore their action
         action[rows], log_probs[rows, t] = policy.act(obs[rows], state, generator)
         observations[:, t], actions[:, t], mask[:, t] = obs, action, active
-        next_obs, reward, _, _, _ = env.step(action.numpy())
-        obs = torch.from_numpy(next_obs)
-        returns += torch.from_numpy(reward)
+        next_obs, reward, _, _, _ = env.step(action.cpu().numpy())
+        obs = torch.from_numpy(next_obs).to(device)
+        returns += torch.from_numpy(reward).to(device)
         t += 1
 
     env_steps = mask.sum(1)
@@ -208,7 +209,7 @@ def collect_raw_rollouts(
         log_probs=log_probs[:, :t] * mask[:, :t],
         mask=mask[:, :t],
         returns=returns,
-        successes=torch.from_numpy(env.terminated & (env.progress == env.task_lengths)),
+        successes=torch.from_numpy(env.terminated & (env.progress == env.task_lengths)).to(device),
         env_steps=env_steps,
         decisions=env_steps.clone(),
     )
@@ -300,18 +301,24 @@ def train_rl(
     logdir: Path | None = None,
     show_progress: bool = False,
     workers: RolloutWorkers | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train one method for `config.total_episodes` episodes of `env_config`'s task(s); return the results.
 
     The result holds the learning curve (one record per PPO update), the held-out evaluation before and
     after training, and timings (rollout throughput in episodes/s and env steps/s). With `workers`, the
-    episodes are collected by them (same rollout functions, their own sampling seeds) and learned here.
+    episodes are collected by them (same rollout functions, their own sampling seeds, on their CPUs) and
+    learned here. The models are moved to `device`, where the policy learns (and, without workers, acts).
     """
     check_method(method)
+    device = resolve_device(device)
     generator = seed_everything(derive_seed(seed, "rl", method))  # also seeds the policy's initialisation
     policy, collect = method_setup(method, base_model, metacontroller, env_config, config, generator)
     if workers is not None:  # the same rollout code, run by the workers with the learner's weights
-        collect = workers.bind(method, base_model, metacontroller, env_config, config, policy)
+        collect = workers.bind(method, base_model, metacontroller, env_config, config, policy)  # CPU copies
+    for module in (base_model, metacontroller, policy):  # initialised on the CPU: the same policy on every device
+        if module is not None:
+            module.to(device)
     optimizer = make_optimizer(policy, config.ppo)
     logger = ScalarLogger(logdir)
     batch_size = config.ppo.episodes_per_batch
@@ -329,7 +336,7 @@ def train_rl(
         if num_envs < 2:  # a one-episode batch has no advantage signal (its return equals the mean)
             break
         tic = time.perf_counter()
-        batch = collect(derive_seed(seed, "train", update), num_envs)
+        batch = collect(derive_seed(seed, "train", update), num_envs).to(device)
         toc = time.perf_counter()
         stats = ppo_update(policy, optimizer, batch, config.ppo, generator)
         update_seconds += time.perf_counter() - toc
@@ -364,6 +371,7 @@ def train_rl(
         "task": [int(c) for c in env_config.tasks[0]],
         "config": config_to_dict(config),
         "eval_mode": "sampled (training policy; base model samples low-level actions)",
+        "device": describe_device(device),
         "initial_eval": initial_eval,
         "final_eval": final_eval,
         "episodes": episodes,
@@ -436,11 +444,13 @@ def run_rl(
     show_progress: bool = True,
     workers: RolloutWorkers | None = None,
     results_dir: Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train `method` on `task` from run folder `run_dir`; write RUN/rl/<method>/seed_<seed>.json; return it.
 
     TensorBoard scalars go to RUN/rl/<method>/tensorboard/seed_<seed>. `results_dir` (a sweep's trial
-    group) replaces RUN as the folder the results go to; `workers` collect the episodes (see `train_rl`).
+    group) replaces RUN as the folder the results go to; `workers` collect the episodes and `device` is
+    where the policy learns (see `train_rl`).
     """
     run_dir = Path(run_dir)
     base_model = load_base_model(run_dir)
@@ -458,6 +468,7 @@ def run_rl(
         logdir=out.parent / "tensorboard" / f"seed_{seed}",
         show_progress=show_progress,
         workers=workers,
+        device=device,
     )
     save_json(out, result)
     return result
@@ -476,12 +487,13 @@ def run_rl_seeds(
     first_seed: int = 0,
     show_progress: bool = True,
     workers: RolloutWorkers | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """`run_rl` for seeds first_seed .. first_seed + seeds - 1 with the named preset (and overrides)."""
     check(seeds >= 1, f"--seeds {seeds}; expected >= 1")
     config = rl_config(preset, method, episodes=episodes, lr=lr, batch=batch)
     return [
-        run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers)
+        run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers, device=device)
         for seed in range(first_seed, first_seed + seeds)
     ]
 
