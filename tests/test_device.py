@@ -147,11 +147,11 @@ def test_rl_trains_on_each_device(device, method):
 
 @cuda_only
 def test_reproduce_runs_on_cuda(tmp_path):
-    tiny = dataclasses.replace(TINY, methods=("internal", "raw"))
+    tiny = dataclasses.replace(TINY, methods=("internal", "raw", "cotrained"))
     reproduce("gridworld", tmp_path / "run", "quick", show_progress=False, preset=tiny, device="cuda")
     record = json.loads((tmp_path / "run" / "reproduce.json").read_text())
     assert record["device"].startswith("cuda")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert set(results["methods"]) == {"internal", "raw"}
+    assert set(results["methods"]) == {"internal", "raw", "cotrained"}
     evaluation = json.loads((tmp_path / "run" / "pretrain" / "eval.json").read_text())
     assert evaluation["train_device"].startswith("cuda")

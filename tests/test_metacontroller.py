@@ -390,6 +390,40 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
         train_metacontroller(base, data, tiny_config(alpha=0.7), train, checkpoint_dir=tmp_path / "b", resume=True, show_progress=False)
 
 
+def test_cotraining_trains_the_base_model_and_resumes_exactly(tmp_path):
+    data = two_phase_dataset(60, seed=2)
+    train = replace(TRAIN, steps=6, batch_size=8, checkpoint_every=3, eval_every=3)
+    config = tiny_config()
+    start = ToyBase(data.obs_dim)
+    full_base = ToyBase(data.obs_dim)
+    full, _ = train_metacontroller(full_base, data, config, train, checkpoint_dir=tmp_path / "a", show_progress=False,
+                                   cotrain=True)
+    assert not torch.allclose(full_base.embed.weight, start.embed.weight)  # the base model learned too
+    assert not any(p.requires_grad for p in full_base.parameters())  # and is frozen at the end
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step, metrics):
+        if step == 4:
+            raise Stop
+
+    base = ToyBase(data.obs_dim)
+    with pytest.raises(Stop):
+        train_metacontroller(base, data, config, train, checkpoint_dir=tmp_path / "b", show_progress=False,
+                             on_step=stop_at_4, cotrain=True)
+    base = ToyBase(data.obs_dim)  # a fresh process: the base model's trained weights come from the checkpoint
+    resumed, summary = train_metacontroller(base, data, config, train, checkpoint_dir=tmp_path / "b", resume=True,
+                                            show_progress=False, cotrain=True)
+    assert summary["resumed_from"] == 3
+    for model_full, model_resumed in ((full, resumed), (full_base, base)):
+        for (name, p), q in zip(model_full.state_dict().items(), model_resumed.state_dict().values()):
+            torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+    with pytest.raises(CheckpointError, match="jointly"):
+        train_metacontroller(ToyBase(data.obs_dim), data, config, train, checkpoint_dir=tmp_path / "b", resume=True,
+                             show_progress=False)
+
+
 def test_real_base_model_frozen_and_hook_resolved():
     from internal_rl.metacontroller.training import freeze, resolve_config
     from internal_rl.models.base_model import BaseModel, BaseModelConfig
@@ -442,7 +476,8 @@ def test_cli_refuses_run_without_base_model(tmp_path, capsys):
 def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     from internal_rl.cli import main
     from internal_rl.common.config import load_json
-    from internal_rl.models.base_model import BaseModelConfig
+    from internal_rl.metacontroller.modules import stage_base_model
+    from internal_rl.models.base_model import BaseModelConfig, load_base_model
     from internal_rl.models.pretraining import PretrainConfig, run_pretraining
     from internal_rl.models.transformer import TransformerConfig
 
@@ -464,6 +499,16 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     report = load_json(run / "switching.json")
     assert 0.0 <= report["subgoal_switches"]["f1"] <= 1.0 and report["episodes"] == 15  # the held-out 10%
     assert (run / "switching_beta.png").is_file()
+    # The co-training baseline: its own base model, from random weights, beside its metacontroller.
+    assert main(["metacontroller", "--run", str(run), "--steps", "2", "--cotrain", "scratch", "--force-switch"]) == 2
+    assert main(["metacontroller", "--run", str(run), "--steps", "2", "--cotrain", "scratch"]) == 0
+    stage = run / "metacontroller-cotrained"
+    cotrained, pretrained = stage_base_model(run, stage.name), stage_base_model(run, "metacontroller")
+    assert torch.equal(cotrained.ln_final.weight, load_base_model(stage / "base_model").ln_final.weight)
+    assert torch.equal(pretrained.ln_final.weight, load_base_model(run).ln_final.weight)
+    assert not torch.equal(cotrained.obs_embed.weight, pretrained.obs_embed.weight)
+    assert main(["analyse", "--run", str(run), "--stage", stage.name, "--episodes", "20"]) == 0
+    assert (run / "switching_metacontroller-cotrained.json").is_file()
     assert main(["analyse", "--run", str(run), "--alpha-sweep", "0,0.5", "--steps", "2", "--episodes", "10"]) == 0
     assert [row["alpha"] for row in load_json(run / "alpha_sweep.json")["rows"]] == [0.0, 0.5]
     assert "switch F1" in capsys.readouterr().out

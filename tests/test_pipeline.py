@@ -4,7 +4,7 @@ import dataclasses
 import json
 
 from internal_rl.cli import main
-from internal_rl.pipeline.reproduce import reproduce, reproduce_preset
+from internal_rl.pipeline.reproduce import WITH_COTRAINED, reproduce, reproduce_preset
 
 TINY = dataclasses.replace(
     reproduce_preset("quick"),
@@ -16,6 +16,7 @@ TINY = dataclasses.replace(
     metacontroller_steps=10,
     rl_episodes=64,
     seeds=1,
+    methods=WITH_COTRAINED,
 )
 
 
@@ -30,11 +31,13 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
         assert section in text
     assert "_no " not in text  # every stage produced its results
     results = json.loads((out / "results.json").read_text())
-    for method in ("internal", "raw", "no-switch"):
+    for method in WITH_COTRAINED:
         m = results["methods"][method]
         assert m["task"] == list(TINY.task)
         assert 0.0 <= m["final_success"] <= 1.0
         assert "episodes_to_90" in m and m["env_steps"] > 0
+    assert "switching_cotrained" in results and "| co-trained with the base model |" in text
+    assert (out / "metacontroller-cotrained" / "base_model" / "model.safetensors").is_file()
     assert set(results["switching"]) >= {"f1", "colour_f1", "nmi", "action_nll", "base_action_nll", "kl_per_episode",
                                          "supervised_subgoal_nll"}
     assert "with supervised subgoal controllers" in text
@@ -81,6 +84,7 @@ POINT_TINY = dataclasses.replace(
     metacontroller_steps=4,
     rl_episodes=8,
     seeds=1,
+    methods=WITH_COTRAINED,  # the pinpads co-train from the pretrained base model
 )
 
 
@@ -95,8 +99,11 @@ def test_reproduce_point_pinpad_runs_every_stage_with_videos(tmp_path):
     assert "_no " not in text
     results = json.loads((out / "results.json").read_text())
     assert results["env"] == "point-pinpad" and results["data"]["env"] == "point-pinpad"
-    assert set(results["methods"]) == {"internal", "raw", "no-switch"}
+    assert set(results["methods"]) == set(WITH_COTRAINED)
+    assert json.loads((out / "metacontroller-cotrained" / "summary.json").read_text())["cotrain"] == "pretrained"
     assert len(results["probes"]["accuracy_by_layer"]) == 5  # the quick pinpad Hawk has 4 blocks
+    assert "switching_cotrained" in results and "| co-trained with the base model |" in text
+    assert (out / "metacontroller-cotrained" / "base_model" / "model.safetensors").is_file()
     assert set(results["switching"]) >= {"f1", "nmi"}
     discovered = json.loads((out / "switching.json").read_text())["controllers"]["codes"]
     videos = {p.name for p in (out / "videos").glob("*.gif")}

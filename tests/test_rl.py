@@ -303,3 +303,15 @@ def test_run_rl_reads_a_run_folder_and_writes_results(pretrained, tmp_path):
     with pytest.raises(ConfigError, match="unknown colour 5"):
         run_rl("raw", tmp_path / "run", (5,), seed=0, config=config, show_progress=False)
     assert not math.isnan(result["timing"]["seconds"])
+
+    # The co-training baseline acts through its own base model, saved beside its metacontroller.
+    with pytest.raises(CheckpointError, match="--cotrain"):
+        run_rl("cotrained", tmp_path / "run", (0,), seed=0, config=config, show_progress=False)
+    # A narrower base model than the pretrained one: the metacontroller fits only it, so the run must use it.
+    stage = tmp_path / "run" / "metacontroller-cotrained"
+    transformer = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    save_base_model(stage / "base_model", BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=transformer)))
+    own = Metacontroller(replace(mc.config, d_model=16))
+    save_checkpoint(stage / "checkpoint", own, {"metacontroller": config_to_dict(own.config)})
+    cotrained = run_rl("cotrained", tmp_path / "run", (0,), seed=2, config=config, show_progress=False)
+    assert cotrained["method"] == "cotrained" and cotrained["episodes"] == 16

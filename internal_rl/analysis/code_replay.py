@@ -152,12 +152,11 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller",
     """`replay_codes` for RUN's base model and metacontroller stage; writes RUN/code_replay.json."""
     from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.data.dataset import read_manifest
-    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
-    from internal_rl.models.base_model import load_base_model
+    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, stage_base_model
     from internal_rl.rl.training import env_config_of_run
 
     run_dir = Path(run_dir)
-    base = load_base_model(run_dir)
+    base = stage_base_model(run_dir, stage_name)
     config = env_config_of_run(run_dir, base, task)
     if not isinstance(config, GridWorldConfig):
         raise ConfigError("code replay needs the grid world's expert (it replays the expert's layouts); "

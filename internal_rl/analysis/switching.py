@@ -372,15 +372,14 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
     RUN/switching_beta.png (for the default stage) and returns the report."""
     from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.common.config import save_json
-    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
-    from internal_rl.models.base_model import load_base_model
+    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, stage_base_model
 
     run_dir = Path(run_dir)
     stage = run_dir / stage_name
     checkpoint = find_metacontroller_checkpoint(stage)
     _, config, _ = load_checkpoint(checkpoint)
     held_out = _held_out_of(config, data)
-    base = load_base_model(run_dir)
+    base = stage_base_model(run_dir, stage_name)
     metacontroller = load_metacontroller(checkpoint)
     traces = collect_traces(base, metacontroller, held_out, max_episodes)
     report = {"metacontroller": config["metacontroller"], "step": config.get("step"), **switching_report(traces, seed=seed)}

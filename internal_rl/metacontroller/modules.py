@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import CheckpointError, check
+from internal_rl.models.base_model import BaseModel, load_base_model
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.models.hawk import HawkBlock, HawkConfig
 
@@ -308,7 +309,16 @@ class Metacontroller(nn.Module):
 METACONTROLLER_DIR = "metacontroller"
 NO_SWITCH_DIR = "metacontroller-no-switch"  # the force_switch (beta == 1) ablation
 LABEL_SWITCHES_DIR = "metacontroller-label-switches"  # the label_switches diagnostic
+COTRAINED_DIR = "metacontroller-cotrained"  # the co-training baseline: trained jointly with its own base model
+COTRAINED_BASE_SUBDIR = "base_model"  # that base model's checkpoint folder, inside the stage folder
 CHECKPOINT_SUBDIR = "checkpoint"
+
+
+def stage_base_model(run_dir: Path, stage: str | None) -> BaseModel:
+    """The frozen base model that RUN's metacontroller stage `stage` acts through: the one co-trained with it
+    (STAGE/base_model/) where there is one, else RUN's pretrained base model (also for `stage` None)."""
+    cotrained = Path(run_dir) / (stage or "") / COTRAINED_BASE_SUBDIR
+    return load_base_model(cotrained if stage is not None and cotrained.is_dir() else run_dir)
 
 
 def find_metacontroller_checkpoint(path: Path) -> Path:

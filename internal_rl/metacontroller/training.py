@@ -1,4 +1,5 @@
-"""Self-supervised metacontroller training against a frozen base model (paper Eq. 3 / 9, Table A9).
+"""Self-supervised metacontroller training against a frozen base model (paper Eq. 3 / 9, Table A9), and the
+co-training baseline (paper Sec. 7), which trains the base model jointly on the same loss.
 
 The loss of one batch, per valid step t and averaged over valid steps:
 
@@ -40,6 +41,8 @@ from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.metacontroller.modules import (
     CHECKPOINT_SUBDIR,
+    COTRAINED_BASE_SUBDIR,
+    COTRAINED_DIR,
     LABEL_SWITCHES_DIR,
     METACONTROLLER_DIR,
     NO_SWITCH_DIR,
@@ -48,6 +51,7 @@ from internal_rl.metacontroller.modules import (
     kl_to_standard_normal,
     label_switch_gate,
 )
+from internal_rl.models.base_model import BaseModel, load_base_model, save_base_model
 from internal_rl.models.controller import apply_controller
 
 
@@ -224,6 +228,9 @@ def resolve_config(config: MetacontrollerConfig, base: nn.Module) -> Metacontrol
     return replace(config, d_model=base.d_model, hook=hook)
 
 
+COTRAIN_INITS = ("scratch", "pretrained")  # the co-trained base model's start: random (paper, grid) or pretrained (ant)
+
+
 def train_metacontroller(
     base: nn.Module,
     dataset: Any,
@@ -237,9 +244,12 @@ def train_metacontroller(
     show_progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     device: str | torch.device = "cpu",
+    cotrain: bool = False,
 ) -> tuple[Metacontroller, dict[str, Any]]:
     """Train a metacontroller on `dataset` (a TrajectoryDataset) against the frozen `base` on `device` (where
-    `base` is moved); return it and a summary.
+    `base` is moved); return it and a summary. With `cotrain`, `base` is trained jointly on the same loss
+    (the paper's co-training baseline; its weights are part of the checkpoint's training state) and frozen
+    at the end.
 
     With `checkpoint_dir`, checkpoints (weights, config, optimizer and RNG state) replace it atomically every
     `checkpoint_every` steps and at the end; `log_dir` receives TensorBoard scalars. `resume=True` continues
@@ -247,7 +257,10 @@ def train_metacontroller(
     `extra_config` is stored in the checkpoint's config (e.g. the dataset path and checksum).
     """
     device = resolve_device(device)
-    freeze(base).to(device)
+    if cotrain:
+        base.to(device).train().requires_grad_(True)
+    else:
+        freeze(base).to(device)
     config = resolve_config(config, base)
     train_part, held_out = dataset.split(train.holdout_fraction, train.seed)
     check(
@@ -256,16 +269,19 @@ def train_metacontroller(
     )
     seed_everything(train.seed)
     model = Metacontroller(config).to(device)  # initialised on the CPU: the same weights on every device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=train.betas)
+    params = [*model.parameters(), *(base.parameters() if cotrain else ())]
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, betas=train.betas)
     generator = torch.Generator().manual_seed(derive_seed(train.seed, "z-noise"))
     saved_config = {
         "metacontroller": config_to_dict(config),
         "train": config_to_dict(train),
+        "cotrain": cotrain,
         **dict(extra_config or {}),
     }
+    cotrained_base = base if cotrain else None
     start_step, history = 0, []
     if checkpoint_dir is not None and resume and (Path(checkpoint_dir) / "config.json").is_file():
-        start_step, history = _restore(Path(checkpoint_dir), model, optimizer, generator, saved_config)
+        start_step, history = _restore(Path(checkpoint_dir), model, optimizer, generator, saved_config, cotrained_base)
     logger = ScalarLogger(log_dir)
     batches = train_part.infinite_batches(
         train.batch_size, seed=derive_seed(train.seed, "batches"), start_step=start_step, device=device
@@ -286,16 +302,19 @@ def train_metacontroller(
             bar.set_postfix(nll=f"{metrics['nll']:.3f}", kl=f"{metrics['kl']:.2f}", sw=f"{metrics['switches_per_episode']:.1f}")
         if done % train.eval_every == 0 or done == train.steps:
             model.eval()
+            base.eval()
             scores = evaluate(base, model, held_out, train.eval_episodes)
             model.train()
+            base.train(cotrain)
             logger.log(done, **{f"heldout/{k}": v for k, v in scores.items()})
             history.append({"step": done, **{f"train_{k}": v for k, v in metrics.items()}, **{f"heldout_{k}": v for k, v in scores.items()}})
         if on_step is not None:
             on_step(done, metrics)
         if checkpoint_dir is not None and (done % train.checkpoint_every == 0 or done == train.steps):
-            _save(Path(checkpoint_dir), model, optimizer, generator, saved_config, done, history)
+            _save(Path(checkpoint_dir), model, optimizer, generator, saved_config, done, history, cotrained_base)
     logger.close()
     model.eval()
+    freeze(base)
     summary = {
         "steps": train.steps,
         "resumed_from": start_step,
@@ -308,7 +327,7 @@ def train_metacontroller(
 
 
 def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-          config: dict[str, Any], step: int, history: list[dict[str, float]]) -> None:
+          config: dict[str, Any], step: int, history: list[dict[str, float]], base: nn.Module | None) -> None:
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -316,11 +335,13 @@ def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generat
         "rng": rng_state(),
         "history": history,
     }
+    if base is not None:  # co-training: the base model's weights are training state, saved with the rest at once
+        state["base"] = {name: value.detach().cpu() for name, value in base.state_dict().items()}
     save_checkpoint(out, model, {**config, "step": step}, state)
 
 
 def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-             config: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
+             config: dict[str, Any], base: nn.Module | None) -> tuple[int, list[dict[str, float]]]:
     weights, saved, state = load_checkpoint(out)
     if state is None:
         raise CheckpointError(f"{out} has no training state to resume from; delete it or train without --resume")
@@ -332,7 +353,12 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gene
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             raise CheckpointError(f"cannot resume {out}: its {key} config differs from the requested one in {diff}")
+    if bool(saved.get("cotrain")) != (base is not None):
+        raise CheckpointError(f"cannot resume {out}: it was {'' if saved.get('cotrain') else 'not '}trained jointly "
+                              f"with its base model, unlike the requested run")
     model.load_state_dict(weights)
+    if base is not None:
+        base.load_state_dict(state["base"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     set_rng_state(state["rng"])
@@ -368,22 +394,31 @@ def train_metacontroller_run(
     show_progress: bool = True,
     rank: int | None = MetacontrollerConfig.rank,
     device: str | torch.device = "cpu",
+    cotrain: str | None = None,
 ) -> dict[str, Any]:
     """Train the metacontroller of run folder `run_dir` against its base model into RUN/<stage_name>/
-    (default: RUN/metacontroller, RUN/metacontroller-no-switch for the `force_switch` ablation, or
-    RUN/metacontroller-label-switches for the `label_switches` diagnostic).
+    (default: RUN/metacontroller, RUN/metacontroller-no-switch for the `force_switch` ablation,
+    RUN/metacontroller-label-switches for the `label_switches` diagnostic, or RUN/metacontroller-cotrained
+    for the co-training baseline).
 
     Layout (as the pretrain stage): checkpoint/ (weights, config.json, training state), tb/, summary.json.
+    `cotrain` ("scratch" or "pretrained", `COTRAIN_INITS`) trains a base model jointly, from random weights of
+    the run's base model's architecture or from its pretrained weights, and writes it to STAGE/base_model/.
     `rank` is the controller's (None: full rank, the ant's). It trains on `device`.
     The dataset is the one pretraining recorded, unless `data` is given. Refuses to overwrite an existing
     checkpoint unless `resume` (which continues it, or starts afresh when there is none). Returns the
     summary (also written to summary.json).
     """
     from internal_rl.data.dataset import load_dataset
-    from internal_rl.models.base_model import load_base_model
 
+    check(cotrain is None or cotrain in COTRAIN_INITS,
+          f"unknown co-training start {cotrain!r}; valid: {', '.join(COTRAIN_INITS)}")
+    check(cotrain is None or not (force_switch or label_switches),
+          "co-training trains a metacontroller with learned switching; it cannot be combined with --force-switch "
+          "or --label-switches")
     if stage_name is None:
-        stage_name = NO_SWITCH_DIR if force_switch else LABEL_SWITCHES_DIR if label_switches else METACONTROLLER_DIR
+        stage_name = (NO_SWITCH_DIR if force_switch else LABEL_SWITCHES_DIR if label_switches
+                      else COTRAINED_DIR if cotrain else METACONTROLLER_DIR)
     stage = Path(run_dir) / stage_name
     checkpoint_dir = stage / CHECKPOINT_SUBDIR
     if checkpoint_dir.exists() and not resume:
@@ -394,12 +429,19 @@ def train_metacontroller_run(
                                   **({} if alpha is None else {"alpha": alpha}))
     data_dir = Path(data) if data is not None else dataset_of_run(run_dir)
     dataset = load_dataset(data_dir)
-    base = load_base_model(run_dir)
-    extra = {"dataset": {"path": str(data_dir.resolve()), "checksum": dataset.checksum}, "preset": preset_name}
+    base = load_base_model(run_dir, frozen=cotrain is None)
+    if cotrain == "scratch":
+        with torch.random.fork_rng(devices=[]):  # seeded, and the global RNG the training seeds stays untouched
+            torch.manual_seed(derive_seed(train.seed, "cotrain-init"))
+            base = BaseModel(base.config)
+    extra = {"dataset": {"path": str(data_dir.resolve()), "checksum": dataset.checksum}, "preset": preset_name,
+             **({"cotrain_init": cotrain} if cotrain else {})}
     _, summary = train_metacontroller(
         base, dataset, config, train, checkpoint_dir=checkpoint_dir, log_dir=stage / "tb", resume=resume,
-        extra_config=extra, show_progress=show_progress, device=device,
+        extra_config=extra, show_progress=show_progress, device=device, cotrain=cotrain is not None,
     )
-    summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage)}
+    if cotrain is not None:
+        save_base_model(stage / COTRAINED_BASE_SUBDIR, base, {**extra, "step": train.steps})
+    summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage), "cotrain": cotrain}
     save_json(stage / "summary.json", summary)
     return summary

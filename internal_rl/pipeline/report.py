@@ -14,9 +14,13 @@ METHOD_NAMES = {
     "internal": "internal RL (metacontroller codes, learned switching)",
     "raw": "raw-action RL (finetune the base model's actions)",
     "no-switch": "no temporal abstraction (beta = 1, a code every step)",
+    "cotrained": "metacontroller co-trained with its base model",
 }
-# The metacontroller rows, by their key in results.json.
-METACONTROLLER_NAMES = {"switching": "learned switching", "switching_no_switch": "beta = 1 ablation"}
+# The metacontroller rows, by their key in results.json, and the switching analysis each is read from.
+METACONTROLLER_NAMES = {"switching": "learned switching", "switching_no_switch": "beta = 1 ablation",
+                        "switching_cotrained": "co-trained with the base model"}
+SWITCHING_FILES = {"switching": "switching.json", "switching_no_switch": "switching_metacontroller-no-switch.json",
+                   "switching_cotrained": "switching_metacontroller-cotrained.json"}
 # The code-replay rows (analysis/code_replay.py), by their key in code_replay.json.
 REPLAY_ROWS = {
     "demonstration": "inferred from expert demonstrations",
@@ -39,10 +43,17 @@ def _episodes_to(curve: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def _method_dirs(run: Path) -> list[Path]:
+    """RUN/rl/<method>/ folders, in the order of METHOD_NAMES (so that a method keeps its colour), then others."""
+    order = list(METHOD_NAMES)
+    dirs = [p for p in (Path(run) / "rl").glob("*") if p.is_dir()]
+    return sorted(dirs, key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+
+
 def rl_summary(run: Path) -> dict[str, Any]:
     """Per-method figures over seeds from RUN/rl/<method>/seed_*.json."""
     methods = {}
-    for method_dir in sorted((Path(run) / "rl").glob("*")):
+    for method_dir in _method_dirs(run):
         seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
         if not seeds:
             continue
@@ -104,7 +115,7 @@ def collect_results(run: Path) -> dict[str, Any]:
             "best_layer": steering.get("best_layer"),
             "chained_task": steering.get("posttrain_task"),
         }
-    for name, key in (("switching.json", "switching"), ("switching_metacontroller-no-switch.json", "switching_no_switch")):
+    for key, name in SWITCHING_FILES.items():
         report = _load(run / name)
         if report:
             results[key] = {
@@ -125,7 +136,7 @@ def collect_results(run: Path) -> dict[str, Any]:
                                               "given_previous": probe["given_previous"]}
             hook = report["metacontroller"].get("hook")
             supervised = [r["fit"]["heldout_nll_controlled"] for r in (steering or {}).get("layers", []) if r["hook"] == hook]
-            if supervised:
+            if supervised and key != "switching_cotrained":  # the supervised controllers steer the pretrained model
                 results[key]["supervised_subgoal_nll"] = supervised[0]
     replay = _load(run / "code_replay.json")
     if replay:
@@ -158,7 +169,7 @@ def plot_rl_curves(run: Path) -> list[str]:
     from internal_rl.analysis.plots import plot_curves
 
     curves_episodes, curves_steps = {}, {}
-    for method_dir in sorted((Path(run) / "rl").glob("*")):
+    for method_dir in _method_dirs(run):
         seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
         if not seeds:
             continue
@@ -190,7 +201,8 @@ def _explained_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         name = METACONTROLLER_NAMES[key]
         lines.append(f"| {name} | {_fmt(s['base_action_nll'])} | {_fmt(s['action_nll'])} "
                      f"| {_fmt(s.get('supervised_subgoal_nll'))} | {_fmt(s['kl_per_episode'], 2)} |")
-    return lines + ["", "Action NLL is per step on held-out episodes. The supervised controllers (the steering stage, "
+    return lines + ["", "Action NLL is per step on held-out episodes (the co-trained metacontroller's against its own "
+                    "base model). The supervised controllers (the steering stage, "
                     "same layer, told the true subgoal) show what subgoal information is worth to this base model; "
                     "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes.", ""]
 
@@ -302,7 +314,7 @@ def write_report(run: Path) -> Path:
         lines += ["_no steering results_", ""]
 
     lines += ["## Metacontroller: unsupervised switching", ""]
-    rows = [(k, results[k]) for k in ("switching", "switching_no_switch") if k in results]
+    rows = [(k, results[k]) for k in METACONTROLLER_NAMES if k in results]
     if rows:
         lines += ["| metacontroller | switch F1 (+-2 steps) | precision | recall | F1 against colour changes "
                   "| NMI(z, subgoal) | switches / episode | mean segment length | true subgoal length |",

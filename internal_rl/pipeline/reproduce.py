@@ -34,10 +34,12 @@ from internal_rl.common.device import describe_device, resolve_device
 from internal_rl.common.errors import ConfigError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
+from internal_rl.metacontroller.modules import COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR
 from internal_rl.pipeline.run_steps import load_steering_decoder, probe_run, steer_run
 from internal_rl.pipeline.stages import Stage, run_stages
 
 METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
+WITH_COTRAINED = (*METHODS, "cotrained")  # and the co-training baseline, where the budget allows it
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class ReproducePreset:
     # C.4.4) on which the supervised controllers and the metacontroller are trained; 0: they use D.
     clean_episodes: int = 0
     controller_rank: int | None = 16  # the metacontroller's U: rank 16 (grid), None = full linear (ant)
+    # Where the co-training baseline's base model starts (methods with "cotrained"): random weights (the
+    # paper's grid world) or the pretrained ones (its ant).
+    cotrain_init: str = "scratch"
     videos: bool = False  # episode GIFs of the expert, the base model, the supervised and discovered controllers
     horizon: int | None = None  # the env's episode horizon (None: the env's default); the tests shorten it
 
@@ -83,14 +88,15 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
     # signal; on the 12-colour post-training task every method's return stays 0 at this scale.
     "long": ReproducePreset(
         episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="long", rl="long", seeds=2,
-        pretrain_steps=15_000, steer_steps=300, clean_episodes=50_000, task=(0, 1, 2, 3),
+        pretrain_steps=15_000, steer_steps=300, clean_episodes=50_000, task=(0, 1, 2, 3), methods=WITH_COTRAINED,
     ),
     # The paper's budgets (accelerator scale), 3 seeds per method.
     "full": ReproducePreset(
-        episodes=100_000, pretrain="paper", probe="paper", steer="paper", metacontroller="paper", rl="paper", seeds=3
+        episodes=100_000, pretrain="paper", probe="paper", steer="paper", metacontroller="paper", rl="paper", seeds=3,
+        methods=WITH_COTRAINED,
     ),
 }
-_PINPAD = dict(task=PINPAD_POSTTRAIN_TASK, controller_rank=None, videos=True)
+_PINPAD = dict(task=PINPAD_POSTTRAIN_TASK, controller_rank=None, videos=True, cotrain_init="pretrained")
 _PINPAD_PRESETS: dict[str, ReproducePreset] = {
     # Point mass: fits 2 CPU cores in under 30 minutes (measured; see the README).
     "quick": ReproducePreset(
@@ -100,7 +106,7 @@ _PINPAD_PRESETS: dict[str, ReproducePreset] = {
     # The paper's ant budgets (Tables A5, A8, A10, A14), 3 seeds per method.
     "full": ReproducePreset(
         episodes=100_000, pretrain="paper-ant", probe="paper", steer="paper-ant", metacontroller="paper-ant",
-        rl="paper-ant", seeds=3, clean_episodes=20_000, **_PINPAD,
+        rl="paper-ant", seeds=3, clean_episodes=20_000, methods=WITH_COTRAINED, **_PINPAD,
     ),
 }
 _ANT_PRESETS: dict[str, ReproducePreset] = {
@@ -182,17 +188,17 @@ def pipeline_stages(
         )
         return {}
 
-    def metacontroller(force_switch: bool):
+    def metacontroller(stage: str):
         def run(out: Path) -> dict[str, Any]:
             train_metacontroller_run(
                 out, preset_name=preset.metacontroller, data=clean_data(out), seed=preset.seed,
-                steps=preset.metacontroller_steps, force_switch=force_switch, resume=True,
+                steps=preset.metacontroller_steps, force_switch=stage == NO_SWITCH_DIR, resume=True,
                 show_progress=show_progress, rank=preset.controller_rank, device=device,
+                cotrain=preset.cotrain_init if stage == COTRAINED_DIR else None,
             )
-            stage = "metacontroller-no-switch" if force_switch else "metacontroller"
             report = analyse_run(out, stage_name=stage)
             summary = {"f1": report["subgoal_switches"]["f1"], "nmi": report["nmi"]["segment"]}
-            if env == "gridworld" and not force_switch:  # the replay needs the grid world's expert
+            if env == "gridworld" and stage == METACONTROLLER_DIR:  # the replay needs the grid world's expert
                 replay = replay_run(out, preset.task, seed=preset.seed)
                 summary["code_replay_success"] = replay["demonstration"]["success"]
             return summary
@@ -219,10 +225,11 @@ def pipeline_stages(
         Stage("pretrain", pretrain),
         Stage("probe", probe),
         Stage("steer", steer),
-        Stage("metacontroller", metacontroller(force_switch=False)),
+        Stage(METACONTROLLER_DIR, metacontroller(METACONTROLLER_DIR)),
     ]
-    if "no-switch" in preset.methods:
-        stages.append(Stage("metacontroller-no-switch", metacontroller(force_switch=True)))
+    for method, stage in (("no-switch", NO_SWITCH_DIR), ("cotrained", COTRAINED_DIR)):
+        if method in preset.methods:
+            stages.append(Stage(stage, metacontroller(stage)))
     stages += [Stage(f"rl-{method}", rl(method)) for method in preset.methods]
     if preset.videos:
         stages.append(Stage("videos", videos))

@@ -53,7 +53,7 @@ class SweepConfig:
 
     run: str  # run folder with pretrain/ and the metacontroller(s)
     out: str = ""  # where results go (default: RUN/sweep)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ("internal", "raw", "no-switch")
     seeds: tuple[int, ...] = (0,)
     tasks: tuple[str, ...] = ("0-1-2-3-4-5-6-7-0-1-2-3",)
     preset: str = "quick"

@@ -1,4 +1,5 @@
-"""The RL method runner: internal RL, raw-action RL and the no-switch ablation, on one shared budget.
+"""The RL method runner: internal RL, raw-action RL, the no-switch ablation and the co-training baseline, on
+one shared budget.
 
 Every method runs the same loop (paper Algorithm 3, App. C.5): collect a batch of B whole episodes with
 the current policy, then one critic-free PPO update on it (`rl/ppo.py`). The budget is counted the same
@@ -9,6 +10,8 @@ differ only in the policy and in what it acts on:
     internal    CodePolicy (1-layer Hawk, N(0,I))  InternalEnv (metacontroller)   when the switch fires
     no-switch   CodePolicy                         InternalEnv (force_switch MC)  every low-level step
     raw         RawActionPolicy (base model copy)  the task env (grid, pinpad)    every low-level step
+    cotrained   CodePolicy                         InternalEnv (a metacontroller  when the switch fires
+                                                   and base model co-trained)
 
 Learning curve: one record per update with the cumulative episodes and env steps and the success rate of
 that batch (sampled from the training policy). Evaluation: the success rate of the policy *as it acts in
@@ -34,8 +37,15 @@ from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.registry import make_batched_env
 from internal_rl.envs.tasks import Task, validate_task
-from internal_rl.metacontroller.modules import METACONTROLLER_DIR, NO_SWITCH_DIR, Metacontroller, load_metacontroller
-from internal_rl.models.base_model import BaseModel, load_base_model
+from internal_rl.metacontroller.modules import (
+    COTRAINED_DIR,
+    METACONTROLLER_DIR,
+    NO_SWITCH_DIR,
+    Metacontroller,
+    load_metacontroller,
+    stage_base_model,
+)
+from internal_rl.models.base_model import BaseModel
 from internal_rl.rl.internal_env import BETA_THRESHOLD, BatchedInternalEnv, drop_finished
 from internal_rl.rl.policies import (
     CodePolicy,
@@ -47,10 +57,11 @@ from internal_rl.rl.policies import (
 )
 from internal_rl.rl.ppo import PPOConfig, RolloutBatch, make_optimizer, ppo_update
 
-METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
-# Where each method's metacontroller lives inside a run folder (written by `internal-rl metacontroller`,
-# the no-switch one by `internal-rl metacontroller --force-switch`).
-METACONTROLLER_DIRS: dict[str, str] = {"internal": METACONTROLLER_DIR, "no-switch": NO_SWITCH_DIR}
+METHODS: tuple[str, ...] = ("internal", "raw", "no-switch", "cotrained")
+# Where each method's metacontroller lives inside a run folder (written by `internal-rl metacontroller`, the
+# no-switch one by `--force-switch`, the co-trained one, with its own base model, by `--cotrain`).
+METACONTROLLER_DIRS: dict[str, str] = {"internal": METACONTROLLER_DIR, "no-switch": NO_SWITCH_DIR,
+                                       "cotrained": COTRAINED_DIR}
 RL_DIR = "rl"
 
 
@@ -83,7 +94,7 @@ class RLConfig:
 # with this preset's policy size and budget (code policy: 3e-3 > 1e-2 > 3e-2). For raw-action RL the tiny
 # model preferred 3e-3 > 1e-3 > 3e-4, but on the quick grid base model 1e-3 already moves the policy by
 # ~1.6 nats (approx. KL) per update, so 3e-4. Neither is tuned on the post-training task.
-_QUICK_LR = {"internal": 3e-3, "no-switch": 3e-3, "raw": 3e-4}
+_QUICK_LR = {"internal": 3e-3, "no-switch": 3e-3, "cotrained": 3e-3, "raw": 3e-4}
 _QUICK = RLConfig(
     ppo=PPOConfig(episodes_per_batch=64, epochs=4),
     total_episodes=1_024,
@@ -94,7 +105,7 @@ _QUICK = RLConfig(
 # The grid world's long preset: the quick policy at batch 256 over 32,768 episodes, the budget at which
 # raw-action RL learns the unseen composition 0-1-2-3 on the long base model (README, Status). The code
 # policies use 1e-3 there (the rate of the README's runs; not scanned at this batch), raw actions 3e-4.
-_LONG_LR = {"internal": 1e-3, "no-switch": 1e-3, "raw": 3e-4}
+_LONG_LR = {"internal": 1e-3, "no-switch": 1e-3, "cotrained": 1e-3, "raw": 3e-4}
 _LONG = replace(_QUICK, ppo=replace(_QUICK.ppo, episodes_per_batch=256), total_episodes=32_768)
 _PRESET_LR = {"quick": _QUICK_LR, "long": _LONG_LR}
 PRESETS: dict[str, RLConfig] = {
@@ -425,7 +436,8 @@ def load_method_metacontroller(run_dir: Path, method: str) -> Metacontroller | N
         return None
     path = Path(run_dir) / METACONTROLLER_DIRS[method]
     if not path.is_dir():
-        hint = " (train it with `internal-rl metacontroller --force-switch`)" if method == "no-switch" else ""
+        hint = {"no-switch": " (train it with `internal-rl metacontroller --force-switch`)",
+                "cotrained": " (train it with `internal-rl metacontroller --cotrain scratch|pretrained`)"}.get(method, "")
         raise CheckpointError(f"method {method!r} needs a metacontroller at {path}; none found{hint}")
     return load_metacontroller(path)
 
@@ -453,7 +465,7 @@ def run_rl(
     where the policy learns (see `train_rl`).
     """
     run_dir = Path(run_dir)
-    base_model = load_base_model(run_dir)
+    base_model = stage_base_model(run_dir, METACONTROLLER_DIRS.get(method))  # the co-trained method's own
     metacontroller = load_method_metacontroller(run_dir, method)
     env_config = env_config_of_run(run_dir, base_model, task)
     out = result_path(run_dir if results_dir is None else results_dir, method, seed)
