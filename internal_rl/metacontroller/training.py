@@ -9,7 +9,8 @@ The loss of one batch, per valid step t and averaged over valid steps:
 with lambda = 0 (no observation term, Tables A9/A10). The KL is charged at every step and is not
 weighted by beta; there is no loss of any kind on beta. Only the metacontroller's parameters phi are
 trained: the base model is frozen (eval mode, requires_grad False) but differentiated through, so the
-action NLL reaches phi via the upper blocks. z~_t is sampled with the reparameterisation trick.
+action NLL reaches phi via the upper blocks. Co-training trains the base model's parameters theta too,
+with the same optimizer. z~_t is sampled with the reparameterisation trick.
 
 Presets: "paper" (Table A9: 64k steps, batch 512, AdamW lr 1e-3, wd 0.03, constant LR), and "quick", "long" and
 "quick-pinpad" at CPU budgets. These add a schedule that the paper does not have (0 in "paper"):

@@ -79,9 +79,10 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
     "quick": ReproducePreset(
         episodes=50_000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2
     ),
-    # The quick model trained 5x longer on 4x the data, and the metacontroller's "long" schedule (about 70
-    # minutes on 2 CPU cores, 27 of them raw-action RL): the smallest budget measured here at which the base model holds the subgoal in
-    # its residual stream and the metacontroller switches at subgoal changes (README, Status). The controllers
+    # The quick model trained 5x longer on 4x the data, and the metacontroller's "long" schedule (about 85
+    # minutes on 2 CPU cores, 27 of them raw-action RL and 12 the co-training baseline): the smallest budget
+    # measured here at which the base model holds the subgoal in its residual stream and the metacontroller
+    # switches at subgoal changes (README, Status). The controllers
     # and the metacontroller train on D*, the noiseless expert's data: switch F1 1.00 against 0.97-0.99 on D.
     # (On the quick base model D* made the quick schedule hold one segment: F1 0.005 against 0.41.)
     # RL runs on the unseen composition 0-1-2-3, whose chance success (about 0.04) gives every method a
