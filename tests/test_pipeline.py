@@ -4,7 +4,8 @@ import dataclasses
 import json
 
 from internal_rl.cli import main
-from internal_rl.pipeline.reproduce import WITH_COTRAINED, reproduce, reproduce_preset
+from internal_rl.pipeline.reproduce import reproduce, reproduce_preset
+from internal_rl.rl.training import METHODS
 
 TINY = dataclasses.replace(
     reproduce_preset("quick"),
@@ -16,7 +17,7 @@ TINY = dataclasses.replace(
     metacontroller_steps=10,
     rl_episodes=64,
     seeds=1,
-    methods=WITH_COTRAINED,
+    methods=METHODS,
 )
 
 
@@ -31,7 +32,7 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
         assert section in text
     assert "_no " not in text  # every stage produced its results
     results = json.loads((out / "results.json").read_text())
-    for method in WITH_COTRAINED:
+    for method in METHODS:
         m = results["methods"][method]
         assert m["task"] == list(TINY.task)
         assert 0.0 <= m["final_success"] <= 1.0
@@ -84,7 +85,7 @@ POINT_TINY = dataclasses.replace(
     metacontroller_steps=4,
     rl_episodes=8,
     seeds=1,
-    methods=WITH_COTRAINED,  # the pinpads co-train from the pretrained base model
+    methods=METHODS,  # the pinpads co-train from the pretrained base model
 )
 
 
@@ -99,7 +100,7 @@ def test_reproduce_point_pinpad_runs_every_stage_with_videos(tmp_path):
     assert "_no " not in text
     results = json.loads((out / "results.json").read_text())
     assert results["env"] == "point-pinpad" and results["data"]["env"] == "point-pinpad"
-    assert set(results["methods"]) == set(WITH_COTRAINED)
+    assert set(results["methods"]) == set(METHODS)
     assert json.loads((out / "metacontroller-cotrained" / "summary.json").read_text())["cotrain"] == "pretrained"
     assert len(results["probes"]["accuracy_by_layer"]) == 5  # the quick pinpad Hawk has 4 blocks
     assert "switching_cotrained" in results and "| co-trained with the base model |" in text

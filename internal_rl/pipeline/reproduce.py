@@ -37,9 +37,8 @@ from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, T
 from internal_rl.metacontroller.modules import COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR
 from internal_rl.pipeline.run_steps import load_steering_decoder, probe_run, steer_run
 from internal_rl.pipeline.stages import Stage, run_stages
+from internal_rl.rl.training import BASE_METHODS, METHODS, run_rl_seeds
 
-METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
-WITH_COTRAINED = (*METHODS, "cotrained")  # and the co-training baseline, where the budget allows it
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class ReproducePreset:
     metacontroller_steps: int | None = None
     rl_episodes: int | None = None
     task: Task = GRID_POSTTRAIN_TASK
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = BASE_METHODS  # METHODS adds the co-training baseline
     seed: int = 0
     # Episodes of the cleaner data D* (the expert's noiseless actions, `generate --mean-actions`; paper App.
     # C.4.4) on which the supervised controllers and the metacontroller are trained; 0: they use D.
@@ -89,12 +88,12 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
     # signal; on the 12-colour post-training task every method's return stays 0 at this scale.
     "long": ReproducePreset(
         episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="long", rl="long", seeds=2,
-        pretrain_steps=15_000, steer_steps=300, clean_episodes=50_000, task=(0, 1, 2, 3), methods=WITH_COTRAINED,
+        pretrain_steps=15_000, steer_steps=300, clean_episodes=50_000, task=(0, 1, 2, 3), methods=METHODS,
     ),
     # The paper's budgets (accelerator scale), 3 seeds per method.
     "full": ReproducePreset(
         episodes=100_000, pretrain="paper", probe="paper", steer="paper", metacontroller="paper", rl="paper", seeds=3,
-        methods=WITH_COTRAINED,
+        methods=METHODS,
     ),
 }
 _PINPAD = dict(task=PINPAD_POSTTRAIN_TASK, controller_rank=None, videos=True, cotrain_init="pretrained")
@@ -107,7 +106,7 @@ _PINPAD_PRESETS: dict[str, ReproducePreset] = {
     # The paper's ant budgets (Tables A5, A8, A10, A14), 3 seeds per method.
     "full": ReproducePreset(
         episodes=100_000, pretrain="paper-ant", probe="paper", steer="paper-ant", metacontroller="paper-ant",
-        rl="paper-ant", seeds=3, clean_episodes=20_000, methods=WITH_COTRAINED, **_PINPAD,
+        rl="paper-ant", seeds=3, clean_episodes=20_000, methods=METHODS, **_PINPAD,
     ),
 }
 _ANT_PRESETS: dict[str, ReproducePreset] = {
@@ -149,7 +148,6 @@ def pipeline_stages(
     from internal_rl.metacontroller.training import train_metacontroller_run
     from internal_rl.models.pretraining import pretrain_preset, run_pretraining
     from internal_rl.pipeline.report import write_report
-    from internal_rl.rl.training import run_rl_seeds
 
     def clean_data(out: Path) -> Path | None:
         return out / CLEAN_DATA if preset.clean_episodes else None

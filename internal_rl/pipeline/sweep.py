@@ -23,7 +23,7 @@ from typing import Any
 from internal_rl.common.config import load_json, save_json, save_text
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.envs.tasks import parse_task
-from internal_rl.rl.training import METHODS, check_method, result_path, rl_config
+from internal_rl.rl.training import BASE_METHODS, METHODS, check_method, result_path, rl_config
 
 
 def _is_int(value: Any) -> bool:
@@ -53,7 +53,7 @@ class SweepConfig:
 
     run: str  # run folder with pretrain/ and the metacontroller(s)
     out: str = ""  # where results go (default: RUN/sweep)
-    methods: tuple[str, ...] = ("internal", "raw", "no-switch")
+    methods: tuple[str, ...] = BASE_METHODS
     seeds: tuple[int, ...] = (0,)
     tasks: tuple[str, ...] = ("0-1-2-3-4-5-6-7-0-1-2-3",)
     preset: str = "quick"

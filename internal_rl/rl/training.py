@@ -57,7 +57,9 @@ from internal_rl.rl.policies import (
 )
 from internal_rl.rl.ppo import PPOConfig, RolloutBatch, make_optimizer, ppo_update
 
-METHODS: tuple[str, ...] = ("internal", "raw", "no-switch", "cotrained")
+# The paper's method and the baselines every pipeline runs; and all, with the co-training baseline.
+BASE_METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
+METHODS: tuple[str, ...] = (*BASE_METHODS, "cotrained")
 # Where each method's metacontroller lives inside a run folder (written by `internal-rl metacontroller`, the
 # no-switch one by `--force-switch`, the co-trained one, with its own base model, by `--cotrain`).
 METACONTROLLER_DIRS: dict[str, str] = {"internal": METACONTROLLER_DIR, "no-switch": NO_SWITCH_DIR,
