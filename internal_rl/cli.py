@@ -150,7 +150,7 @@ def _analyse(args: argparse.Namespace) -> None:
         return
     if args.alpha_sweep:
         result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
-                             max_episodes=args.episodes)
+                             max_episodes=args.episodes, device=args.device)
         for row in result["rows"]:
             print(f"alpha {row['alpha']:g}: NLL {row['action_nll']:.3f}, {row['switches_per_episode']:.2f} switches "
                   f"per episode (true {row['true_subgoals_per_episode']:.2f}), F1 {row['f1']:.2f}")
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
     p.add_argument("--preset", default="quick", help="training preset for --alpha-sweep")
     p.add_argument("--steps", type=int, help="training steps per alpha for --alpha-sweep (default: the preset's)")
+    _add_device_option(p)  # where --alpha-sweep trains; the analyses run on the CPU
     p.set_defaults(func=_analyse)
 
     p = sub.add_parser("reproduce", help="run the whole pipeline (resumable), ending in DIR/report.md")

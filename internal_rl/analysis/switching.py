@@ -395,9 +395,9 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
 
 def alpha_sweep(run_dir: Path, alphas: Sequence[float], *, preset_name: str = "quick", data: Path | None = None,
                 steps: int | None = None, seed: int | None = None, max_episodes: int = 500,
-                show_progress: bool = True) -> dict[str, Any]:
-    """Train one metacontroller per alpha (RUN/alpha_sweep/alpha_<a>/, resumable) and record the trade-off
-    between held-out action NLL and the number of switches; writes RUN/alpha_sweep.json and .png."""
+                show_progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train one metacontroller per alpha on `device` (RUN/alpha_sweep/alpha_<a>/, resumable) and record the
+    trade-off between held-out action NLL and the number of switches; writes RUN/alpha_sweep.json and .png."""
     from internal_rl.common.config import save_json
     from internal_rl.metacontroller.training import train_metacontroller_run
 
@@ -407,7 +407,7 @@ def alpha_sweep(run_dir: Path, alphas: Sequence[float], *, preset_name: str = "q
     for alpha in alphas:
         stage_name = f"alpha_sweep/alpha_{alpha:g}"
         train_metacontroller_run(run_dir, preset_name=preset_name, data=data, alpha=alpha, steps=steps, seed=seed,
-                                 resume=True, stage_name=stage_name, show_progress=show_progress)
+                                 resume=True, stage_name=stage_name, show_progress=show_progress, device=device)
         report = analyse_run(run_dir, stage_name=stage_name, data=data, max_episodes=max_episodes, plot=False)
         rows.append({
             "alpha": alpha,
