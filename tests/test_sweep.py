@@ -46,6 +46,7 @@ def test_a_good_sweep_file_gives_every_trial(tmp_path):
     ({"grid": {"gamma": [0.9]}}, "unknown sweep hyperparameter 'gamma'"),
     ({"grid": [0.1]}, "'grid' must map"),
     ({"cpus_per_trial": True}, "cpus_per_trial True"),
+    ({"gpus_per_trial": -0.5}, "gpus_per_trial -0.5"),
     ({"max_concurrent_trials": -1}, "max_concurrent_trials -1"),
     ({"out": 5}, "'out' must be a folder"),
     ({"colour": 1}, "unknown key(s) ['colour']"),

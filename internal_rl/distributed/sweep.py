@@ -38,10 +38,10 @@ def run_sweep(config: SweepConfig, address: str | None = None) -> Path:
     init_ray(address)
     out = start_sweep_folder(config)
     constants = {"run": str(Path(config.run).resolve()), "out": str(out), "preset": config.preset,
-                 "cpus": config.cpus_per_trial}
+                 "cpus": config.cpus_per_trial, "gpus": config.gpus_per_trial}
     grid = [{**t, **constants} for t in trials(config)]
     param_space = {"trial": tune.grid_search(grid)}
-    trainable = tune.with_resources(_tune_trainable, {"cpu": config.cpus_per_trial})
+    trainable = tune.with_resources(_tune_trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     # One Tune experiment per trial list: the same sweep resumes it, a changed one starts another.
     name = TUNE_DIR_PREFIX + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:10]
     experiment = out / name

@@ -59,6 +59,7 @@ class SweepConfig:
     preset: str = "quick"
     grid: dict[str, list[float]] = field(default_factory=dict)  # e.g. {"lr": [1e-3, 3e-3]}
     cpus_per_trial: int = 1
+    gpus_per_trial: float = 0  # > 0: each trial's policy learns on a GPU (a fraction: trials share one)
     max_concurrent_trials: int = 0  # 0: as many as the CPUs allow
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class SweepConfig:
                   f"grid.{name} must be a non-empty list of {expected}, got {values!r}")
         check(_is_int(self.cpus_per_trial) and self.cpus_per_trial >= 1,
               f"cpus_per_trial {self.cpus_per_trial!r}; expected an integer >= 1")
+        check(_is_number(self.gpus_per_trial) and self.gpus_per_trial >= 0,
+              f"gpus_per_trial {self.gpus_per_trial!r}; expected a number >= 0 (a fraction shares a GPU)")
         check(_is_int(self.max_concurrent_trials) and self.max_concurrent_trials >= 0,
               f"max_concurrent_trials {self.max_concurrent_trials!r}; expected an integer >= 0 (0: no limit)")
         # Build every RL config the trials will build: checks the preset and each grid value against it.
@@ -181,7 +184,8 @@ def start_sweep_folder(config: SweepConfig) -> Path:
 
 def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     """One trial: `run_rl` into its group's folder (or the result already there); returns the summary a
-    trial reports. `params` is a `trials` entry plus "run", "out" (resolved), "preset" and "cpus"."""
+    trial reports. `params` is a `trials` entry plus "run", "out" (resolved), "preset", "cpus" and "gpus" (> 0:
+    the trial trains on the GPU Ray gave it)."""
     import torch
 
     from internal_rl.rl.training import run_rl
@@ -194,7 +198,7 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     else:
         config = rl_config(params["preset"], params["method"], **params["hyperparameters"])
         result = run_rl(params["method"], Path(params["run"]), parse_task(params["task"]), params["seed"], config,
-                        show_progress=False, results_dir=group)
+                        show_progress=False, results_dir=group, device="cuda" if params.get("gpus", 0) > 0 else "cpu")
     return {"final_success": result["final_eval"]["success_rate"], "episodes": result["episodes"],
             "env_steps": result["env_steps"], "seconds": result["timing"]["seconds"]}
 
