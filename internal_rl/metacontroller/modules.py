@@ -317,8 +317,9 @@ CHECKPOINT_SUBDIR = "checkpoint"
 def stage_base_model(run_dir: Path, stage: str | None) -> BaseModel:
     """The frozen base model that RUN's metacontroller stage `stage` acts through: the one co-trained with it
     (STAGE/base_model/) where there is one, else RUN's pretrained base model (also for `stage` None)."""
-    cotrained = Path(run_dir) / (stage or "") / COTRAINED_BASE_SUBDIR
-    return load_base_model(cotrained if stage is not None and cotrained.is_dir() else run_dir)
+    if stage is not None and (Path(run_dir) / stage / COTRAINED_BASE_SUBDIR).is_dir():
+        return load_base_model(Path(run_dir) / stage / COTRAINED_BASE_SUBDIR)
+    return load_base_model(run_dir)
 
 
 def find_metacontroller_checkpoint(path: Path) -> Path:
