@@ -125,7 +125,7 @@ def _metacontroller(args: argparse.Namespace) -> None:
     summary = train_metacontroller_run(
         Path(args.run), preset_name=args.preset, data=args.data, alpha=args.alpha, steps=args.steps, seed=args.seed,
         force_switch=args.force_switch, label_switches=args.label_switches, resume=args.resume, stage_name=args.stage,
-        device=args.device, cotrain=args.cotrain, **rank,
+        device=args.device, cotrain=args.cotrain, compile_baseline=args.compile, **rank,
     )
     final = summary["final"]
     print(f"trained metacontroller in {summary['stage']} ({summary['train_seconds']:.0f} s): held-out action NLL "
@@ -233,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL or the no-switch ablation")
     p.add_argument("--run", required=True, help="run folder (pretrain/, metacontroller/, metacontroller-no-switch/)")
-    p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch", "cotrained"],
-                   help="cotrained: internal RL through a metacontroller trained with `metacontroller --cotrain`")
+    p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch", "cotrained", "compile"],
+                   help="cotrained: internal RL through a metacontroller trained with `metacontroller --cotrain`; "
+                        "compile: through the CompILE baseline (`metacontroller --compile`)")
     p.add_argument("--task", default=None, help="colours to visit in order (default: the run's environment's post-training task)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, run one after another")
     p.add_argument("--first-seed", type=int, default=0)
@@ -285,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the co-training baseline: train a base model jointly on the same loss, from random weights "
                         "(the paper's grid world) or from RUN's pretrained ones (its ant); goes to "
                         "RUN/metacontroller-cotrained, with that base model in its base_model/")
-    p.add_argument("--stage", help="stage folder name inside RUN (default: metacontroller[-no-switch|-cotrained])")
+    p.add_argument("--compile", action="store_true",
+                   help="the CompILE baseline (Kipf et al., 2019) in place of the metacontroller: at most 4 segments "
+                        "with a Poisson length prior, trained on the same loop; goes to RUN/compile")
+    p.add_argument("--stage", help="stage folder name inside RUN (default: metacontroller[-no-switch|-cotrained], compile)")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     _add_device_option(p)
     p.set_defaults(func=_metacontroller)

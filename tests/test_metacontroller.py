@@ -1,17 +1,20 @@
 """Metacontroller modules and training: shapes and masking, temporal integration, KL, causal switching,
-a planted two-phase segmentation recovered, the base model frozen, checkpoints and exact resume."""
+a planted two-phase segmentation recovered, the base model frozen, checkpoints and exact resume; and the
+CompILE baseline: its boundary distributions, segments, causal hazard and the planted segmentation."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from internal_rl.analysis.switching import switch_metrics
 from internal_rl.common.config import replace
 from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.data.dataset import TrajectoryDataset
+from internal_rl.metacontroller.compile import CompILE, CompILEConfig, boundary_log_probs, poisson_length_log_probs
 from internal_rl.metacontroller.modules import (
     Metacontroller,
     MetacontrollerConfig,
@@ -64,14 +67,15 @@ class ToyBase(nn.Module):
         return torch.distributions.Categorical(logits=action_params)
 
 
-def two_phase_dataset(n_episodes: int, seed: int) -> TrajectoryDataset:
+def two_phase_dataset(n_episodes: int, seed: int, reveal_in_phase: bool = False) -> TrajectoryDataset:
     """Episodes whose expert repeats action A until a hidden switch step tau, then action B.
 
     The observation is [one-hot distractor, cue, 1, one-hot A, one-hot B]: the cue marks tau (as reaching
     a colour marks a subgoal change in the grid world), and A and B are revealed only in the last
     observation. So the causal model cannot know them, only the metacontroller's sequence embedder can,
     and since a linear controller of the toy model's e = W o cannot turn "after the cue" into a different
-    action, one code per phase is needed: a switch exactly at tau.
+    action, one code per phase is needed: a switch exactly at tau. `reveal_in_phase` shows A at the first
+    step and B at tau instead, inside their own phases, for models that encode each segment from its own steps.
     """
     rng = np.random.default_rng(seed)
     obs, actions, phases, starts, lengths = [], [], [], [], []
@@ -84,8 +88,8 @@ def two_phase_dataset(n_episodes: int, seed: int) -> TrajectoryDataset:
         o[np.arange(length), rng.integers(0, N_ACTIONS, size=length)] = 1.0
         o[tau, N_ACTIONS] = 1.0
         o[:, N_ACTIONS + 1] = 1.0
-        o[-1, N_ACTIONS + 2 + a] = 1.0
-        o[-1, 2 * N_ACTIONS + 2 + b] = 1.0
+        o[0 if reveal_in_phase else -1, N_ACTIONS + 2 + a] = 1.0
+        o[tau if reveal_in_phase else -1, 2 * N_ACTIONS + 2 + b] = 1.0
         obs.append(o)
         actions.append(np.where(np.arange(length) < tau, a, b))
         phases.append((np.arange(length) >= tau).astype(np.int8))
@@ -313,19 +317,25 @@ TRAIN = MetacontrollerTrainConfig(steps=400, batch_size=32, lr=3e-3, weight_deca
                                   log_every=50, eval_every=400, checkpoint_every=400, holdout_fraction=0.2)
 
 
+def exact_switches_on_held_out(model: nn.Module, base: ToyBase, data: TrajectoryDataset,
+                               train: MetacontrollerTrainConfig) -> dict[str, float]:
+    """Switch precision, recall and F1 (no tolerance) of `model`'s beta on the episodes training held out."""
+    _, held_out = data.split(train.holdout_fraction, train.seed)
+    batch = held_out.batch(np.arange(held_out.num_episodes))
+    with torch.no_grad():
+        e = base(batch["observations"], cache_hooks=[HOOK]).cache[HOOK]
+        beta = model(e, batch["mask"], sample=False)["beta"]
+    lengths = batch["mask"].sum(1).tolist()
+    betas = [beta[i, :n].numpy() for i, n in enumerate(lengths)]
+    phases = [batch["subgoals"][i, :n].numpy() for i, n in enumerate(lengths)]
+    return switch_metrics(betas, phases, tolerance=0)
+
+
 def test_planted_two_phase_switch_is_found():
     data = two_phase_dataset(400, seed=0)
     base = ToyBase(data.obs_dim)
     mc, summary = train_metacontroller(base, data, tiny_config(alpha=0.1), TRAIN, show_progress=False)
-    _, held_out = data.split(TRAIN.holdout_fraction, TRAIN.seed)
-    batch = held_out.batch(np.arange(held_out.num_episodes))
-    with torch.no_grad():
-        e = base(batch["observations"], cache_hooks=[HOOK]).cache[HOOK]
-        beta = mc(e, batch["mask"], sample=False)["beta"]
-    lengths = batch["mask"].sum(1).tolist()
-    betas = [beta[i, :n].numpy() for i, n in enumerate(lengths)]
-    phases = [batch["subgoals"][i, :n].numpy() for i, n in enumerate(lengths)]
-    exact = switch_metrics(betas, phases, tolerance=0)
+    exact = exact_switches_on_held_out(mc, base, data, TRAIN)
     assert exact["recall"] > 0.95, (exact, summary["final"])  # fires exactly at tau
     assert exact["f1"] > 0.9, (exact, summary["final"])  # and rarely anywhere else
     assert summary["final"]["heldout_nll"] < 0.3
@@ -509,6 +519,108 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     assert not torch.equal(cotrained.obs_embed.weight, pretrained.obs_embed.weight)
     assert main(["analyse", "--run", str(run), "--stage", stage.name, "--episodes", "20"]) == 0
     assert (run / "switching_metacontroller-cotrained.json").is_file()
+    # The CompILE baseline, against the pretrained base model.
+    assert main(["metacontroller", "--run", str(run), "--steps", "2", "--compile", "--cotrain", "scratch"]) == 2
+    assert main(["metacontroller", "--run", str(run), "--steps", "2", "--compile"]) == 0
+    assert isinstance(load_metacontroller(run / "compile"), CompILE)
+    assert main(["analyse", "--run", str(run), "--stage", "compile", "--episodes", "20"]) == 0
+    assert load_json(run / "switching_compile.json")["metacontroller"]["max_segments"] == 4
     assert main(["analyse", "--run", str(run), "--alpha-sweep", "0,0.5", "--steps", "2", "--episodes", "10"]) == 0
     assert [row["alpha"] for row in load_json(run / "alpha_sweep.json")["rows"]] == [0.0, 0.5]
     assert "switch F1" in capsys.readouterr().out
+
+
+# --- the CompILE baseline -----------------------------------------------------------------------------------
+
+
+def tiny_compile(**kwargs) -> CompILEConfig:
+    return CompILEConfig(**{**dict(d_model=16, hook=HOOK, n_z=4, hidden=16, dec_hidden=16, rank=4), **kwargs})
+
+
+def _start_distributions(b: int, t: int, lengths: Tensor, seed: int) -> Tensor:
+    """Random distributions over positions 0..length (the last one: no segment), [B,T+1]."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.rand(b, t + 1, generator=g) * (torch.arange(t + 1)[None] <= lengths[:, None])
+    return start / start.sum(1, keepdim=True)
+
+
+def test_compile_boundary_and_prior_are_distributions_within_the_episode():
+    b, t = 4, 9
+    lengths = torch.tensor([9, 5, 1, 3])
+    start = _start_distributions(b, t, lengths, seed=0)
+    log_q = boundary_log_probs(start.log(), torch.randn(b, t), lengths)
+    log_p = poisson_length_log_probs(start, lengths, rate=3.0)
+    for log_probs in (log_q, log_p):
+        probs = log_probs.exp()
+        torch.testing.assert_close(probs.sum(1), torch.ones(b))
+        assert (probs[:, 0] < 1e-20).all()  # step 0 always belongs to the first segment
+        beyond = torch.arange(t + 1)[None] > lengths[:, None]
+        assert (probs[beyond] < 1e-20).all()
+    # From a start at step 0 the hazard gives q(t) = h_t * prod_{0<u<t} (1 - h_u), the rest at the end.
+    logits = torch.randn(1, t)
+    h = torch.sigmoid(logits[0])
+    q = boundary_log_probs(F.one_hot(torch.tensor([0]), t + 1).float().log(), logits, torch.tensor([t])).exp()[0]
+    expected = [h[u] * torch.prod(1 - h[1:u]) for u in range(1, t)]
+    torch.testing.assert_close(q[1:t], torch.stack(expected))
+    torch.testing.assert_close(q[t], torch.prod(1 - h[1:]))
+
+
+def test_compile_prior_mean_segment_length_is_its_rate():
+    t = 200
+    start = F.one_hot(torch.tensor([0]), t + 1).float()
+    p = poisson_length_log_probs(start, torch.tensor([t]), rate=10.0).exp()[0]
+    assert float((p[:t] * torch.arange(t)).sum()) == pytest.approx(10.0, abs=1e-3)
+
+
+def test_compile_hard_segments_partition_each_episode():
+    torch.manual_seed(0)
+    model = CompILE(tiny_compile(hazard_bias_init=0.0))
+    e, mask, lengths = _padded_batch(t=12)
+    out = model(e, mask, sample=False)
+    segments = out["segments"]
+    assert segments.shape == (3, 4, 12) and out["z"].shape == (3, 12, 4) and out["mu"].shape == (3, 4, 4)
+    torch.testing.assert_close(segments.sum(1), mask.float())  # each valid step in exactly one segment
+    for i, n in enumerate(lengths.tolist()):
+        starts = torch.nonzero(out["beta"][i, :n] > 0.5).flatten().tolist()
+        owner = segments[i, :, :n].argmax(0)
+        assert starts[0] == 0 and starts == [0, *(torch.nonzero(owner[1:] != owner[:-1]).flatten() + 1).tolist()]
+        assert len(starts) <= model.config.max_segments
+        for s, next_start in zip(starts, [*starts[1:], n]):  # z is held over each segment
+            assert torch.equal(out["z"][i, s:next_start], out["z"][i, s].expand(next_start - s, -1))
+    assert (out["kl_steps"][:, 1:] == 0).all() and (out["kl_steps"][:, 0] > 0).all()
+
+
+def test_compile_padding_does_not_change_valid_steps():
+    torch.manual_seed(0)
+    model = CompILE(tiny_compile(hazard_bias_init=0.0))
+    e, mask, lengths = _padded_batch(t=12)
+    out = model(e, mask, sample=False)
+    for i, n in enumerate(lengths.tolist()):
+        alone = model(e[i : i + 1, :n], sample=False)
+        torch.testing.assert_close(out["z"][i, :n], alone["z"][0])
+        torch.testing.assert_close(out["beta"][i, :n], alone["beta"][0])
+        torch.testing.assert_close(out["kl_steps"][i, 0], alone["kl_steps"][0, 0])
+
+
+def test_compile_switch_step_is_its_causal_hazard():
+    torch.manual_seed(0)
+    model = CompILE(tiny_compile(hazard_bias_init=0.0)).eval()
+    e = torch.randn(2, 6, 16)
+    hazard = torch.sigmoid(model.switching_unit(model.input_norm(e)).squeeze(-1))
+    state, z = model.init_switch_state(2), torch.zeros(2, 4)
+    for t in range(6):
+        beta, state = model.switch_step(e[:, t], state, z)
+        torch.testing.assert_close(beta, torch.ones(2) if t == 0 else hazard[:, t])
+
+
+def test_compile_finds_the_planted_two_phase_switch(tmp_path):
+    data = two_phase_dataset(400, seed=0, reveal_in_phase=True)
+    base = ToyBase(data.obs_dim)
+    train = replace(TRAIN, steps=1000, eval_every=1000, checkpoint_every=1000)
+    model, summary = train_metacontroller(base, data, tiny_compile(length_rate=5.0), train, show_progress=False,
+                                          checkpoint_dir=tmp_path / "compile")
+    exact = exact_switches_on_held_out(model, base, data, train)
+    assert exact["f1"] > 0.9, (exact, summary["final"])
+    assert summary["final"]["heldout_nll"] < 0.3
+    loaded = load_metacontroller(tmp_path / "compile")  # the checkpoint loads as CompILE
+    assert isinstance(loaded, CompILE) and loaded.config == model.config

@@ -16,6 +16,7 @@ from internal_rl.data.dataset import save_dataset
 from internal_rl.data.generate import generate_trajectories
 from internal_rl.envs.batched_gridworld import BatchedGridWorld
 from internal_rl.envs.gridworld import GridWorldConfig
+from internal_rl.metacontroller.compile import CompILE, CompILEConfig
 from internal_rl.metacontroller.modules import Metacontroller, MetacontrollerConfig
 from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
 from internal_rl.models.controller import apply_controller
@@ -265,10 +266,15 @@ def pretrained():
     mc.eval().requires_grad_(False)
     no_switch = copy.deepcopy(mc)
     no_switch.config = replace(mc.config, force_switch=True)
-    return base, {"internal": mc, "no-switch": no_switch, "raw": None}, data
+    compile_baseline = CompILE(CompILEConfig(d_model=32, hook=HOOK, n_z=2, rank=4))  # the same decoder, no switch
+    compile_baseline.controller_decoder.load_state_dict(decoder.state_dict())
+    with torch.no_grad():
+        compile_baseline.switching_unit[-1].bias.fill_(-20.0)
+    compile_baseline.eval().requires_grad_(False)
+    return base, {"internal": mc, "no-switch": no_switch, "raw": None, "compile": compile_baseline}, data
 
 
-@pytest.mark.parametrize("method,lr", [("internal", 3e-2), ("no-switch", 3e-2), ("raw", 3e-3)])
+@pytest.mark.parametrize("method,lr", [("internal", 3e-2), ("no-switch", 3e-2), ("raw", 3e-3), ("compile", 3e-2)])
 def test_each_method_learns_a_one_subgoal_task(pretrained, method, lr):
     base, metacontrollers, _ = pretrained
     config = RLConfig(

@@ -232,7 +232,6 @@ def _probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int) -> dict[str, float
 def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, dataset: Any, max_episodes: int,
                    batch_size: int = 256) -> list[EpisodeTrace]:
     """Run the controlled base model over the first `max_episodes` of `dataset` (z~ = mu) and keep per-episode traces."""
-    from internal_rl.metacontroller.modules import kl_to_standard_normal
     from internal_rl.metacontroller.training import controlled_forward
 
     n = min(max_episodes, dataset.num_episodes)
@@ -241,7 +240,7 @@ def collect_traces(base: torch.nn.Module, metacontroller: torch.nn.Module, datas
         batch = dataset.batch(np.arange(start, min(start + batch_size, n)))
         nll, out = controlled_forward(base, metacontroller, batch, sample=False)
         base_nll = base.action_nll(base(batch["observations"]).action_params, batch["actions"])
-        kl = kl_to_standard_normal(out["mu"], out["logvar"])
+        kl = out["kl_steps"]
         lengths = batch["mask"].sum(1).tolist()
         for i, length in enumerate(lengths):
             traces.append(EpisodeTrace(
@@ -382,10 +381,11 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
     base = stage_base_model(run_dir, stage_name)
     metacontroller = load_metacontroller(checkpoint)
     traces = collect_traces(base, metacontroller, held_out, max_episodes)
-    report = {"metacontroller": config["metacontroller"], "step": config.get("step"), **switching_report(traces, seed=seed)}
+    model_config = config["metacontroller"] if "metacontroller" in config else config["compile"]  # CompILE's
+    report = {"metacontroller": model_config, "step": config.get("step"), **switching_report(traces, seed=seed)}
     suffix = "" if stage_name == "metacontroller" else f"_{stage.name}"
     if plot:
-        alpha = config["metacontroller"]["alpha"]
+        alpha = model_config["alpha"]
         report["plot"] = str(plot_beta_traces(traces, run_dir / f"switching_beta{suffix}.png",
                                               title=f"beta_t on held-out episodes (alpha={alpha})"))
     report["json"] = str(run_dir / f"switching{suffix}.json")

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import CheckpointError, check
+from internal_rl.metacontroller.compile import CompILE, CompILEConfig
 from internal_rl.models.base_model import BaseModel, load_base_model
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.models.hawk import HawkBlock, HawkConfig
@@ -218,8 +219,8 @@ class Metacontroller(nn.Module):
         e [B,T,d]; mask [B,T] bool, True on real steps (None: all real; padding must be at the end).
         `sample` draws z~_t = mu_t + sigma_t eps (reparameterised); False uses z~_t = mu_t (analysis).
         `beta` [B,T] replaces the switching unit's gate (the `label_switches` diagnostic); it must be 1 at t = 0.
-        Returns z, z_tilde, mu, logvar [B,T,n_z], beta [B,T], s ([B,n_s], or [B,T,n_s] per step) and `controller`: ControllerParams
-        with batch shape [B,T]. Values at padded steps are meaningless and must be masked by the caller.
+        Returns z, z_tilde, mu, logvar [B,T,n_z], beta [B,T], kl_steps [B,T] (KL to the prior), s ([B,n_s], or
+        [B,T,n_s] per step) and `controller`: ControllerParams with batch shape [B,T]. Values at padded steps are meaningless and must be masked by the caller.
         """
         b, t, d = e.shape
         check(d == self.config.d_model, f"Metacontroller got activations of width {d}; expected d_model={self.config.d_model}")
@@ -251,6 +252,7 @@ class Metacontroller(nn.Module):
             "logvar": logvar,
             "beta": beta,
             "s": s,
+            "kl_steps": kl_to_standard_normal(mu, logvar),  # charged at every step, not weighted by beta
             "controller": self.controller_decoder(z),
         }
 
@@ -305,6 +307,11 @@ class Metacontroller(nn.Module):
         return self.controller_decoder(z)
 
 
+# What internal RL, the analyses and the metacontroller's trainer accept: the metacontroller or the CompILE
+# baseline (same forward outputs, switch_step, decode and config.hook / n_z / force_switch).
+Segmenter = Metacontroller | CompILE
+SegmenterConfig = MetacontrollerConfig | CompILEConfig
+
 # A run folder's metacontroller stage, and the checkpoint folder inside it (the pretrain stage's layout).
 METACONTROLLER_DIR = "metacontroller"
 NO_SWITCH_DIR = "metacontroller-no-switch"  # the force_switch (beta == 1) ablation
@@ -333,16 +340,21 @@ def find_metacontroller_checkpoint(path: Path) -> Path:
     )
 
 
-def load_metacontroller(run_dir: Path) -> Metacontroller:
-    """Load a trained metacontroller, frozen (eval mode, no gradients), from a run, stage or checkpoint folder."""
+def load_metacontroller(run_dir: Path) -> Segmenter:
+    """Load a trained metacontroller (or CompILE baseline), frozen (eval mode, no gradients), from a run, stage
+    or checkpoint folder."""
     from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.common.config import config_from_dict
 
     path = find_metacontroller_checkpoint(run_dir)
     weights, config, _ = load_checkpoint(path)
-    if "metacontroller" not in config:
-        raise CheckpointError(f"{path} is not a metacontroller checkpoint: its config.json has no 'metacontroller' key")
-    model = Metacontroller(config_from_dict(MetacontrollerConfig, config["metacontroller"]))
+    if "metacontroller" in config:
+        model = Metacontroller(config_from_dict(MetacontrollerConfig, config["metacontroller"]))
+    elif "compile" in config:
+        model = CompILE(config_from_dict(CompILEConfig, config["compile"]))
+    else:
+        raise CheckpointError(f"{path} is not a metacontroller checkpoint: its config.json has no 'metacontroller' "
+                              f"or 'compile' key")
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

@@ -1,5 +1,6 @@
-"""Self-supervised metacontroller training against a frozen base model (paper Eq. 3 / 9, Table A9), and the
-co-training baseline (paper Sec. 7), which trains the base model jointly on the same loss.
+"""Self-supervised metacontroller training against a frozen base model (paper Eq. 3 / 9, Table A9), and two
+baselines (paper Sec. 7): co-training, which trains the base model jointly on the same loss, and CompILE
+(metacontroller/compile.py), trained by the same loop with its own KL terms.
 
 The loss of one batch, per valid step t and averaged over valid steps:
 
@@ -49,9 +50,11 @@ from internal_rl.metacontroller.modules import (
     NO_SWITCH_DIR,
     Metacontroller,
     MetacontrollerConfig,
-    kl_to_standard_normal,
+    Segmenter,
+    SegmenterConfig,
     label_switch_gate,
 )
+from internal_rl.metacontroller.compile import COMPILE_DIR, CompILE, CompILEConfig
 from internal_rl.models.base_model import BaseModel, load_base_model, save_base_model
 from internal_rl.models.controller import apply_controller
 
@@ -110,11 +113,19 @@ PRESETS: dict[str, MetacontrollerTrainConfig] = {
     # The ant's (Table A10: 32k steps, batch 128, lr 3e-4), and a CPU budget for the point-mass pinpad,
     # whose episodes (~70 steps, Hawk trunk) cost about as much per step as the grid world's.
     "paper-ant": MetacontrollerTrainConfig(steps=32_000, batch_size=128, lr=3e-4),
+    # CompILE's (Tables A11 / A12): grid 32k steps, batch 512, lr 1e-3; ant 32k steps, batch 128, lr 3e-4.
+    "paper-compile": MetacontrollerTrainConfig(steps=32_000, batch_size=512),
+    "paper-ant-compile": MetacontrollerTrainConfig(steps=32_000, batch_size=128, lr=3e-4),
     "quick-pinpad": MetacontrollerTrainConfig(
         steps=300, batch_size=32, alpha_delay_steps=100, alpha_warmup_steps=100, switch_freeze_steps=200,
         eval_episodes=128, eval_every=100, checkpoint_every=100,
     ),
 }
+
+
+# The preset CompILE trains with where a pipeline names the metacontroller's: the paper's own for CompILE, else
+# the same CPU budget.
+COMPILE_PRESETS = {"paper": "paper-compile", "paper-ant": "paper-ant-compile"}
 
 
 def preset(name: str) -> MetacontrollerTrainConfig:
@@ -132,7 +143,7 @@ def _valid_actions(actions: Tensor, mask: Tensor) -> Tensor:
 
 def controlled_forward(
     base: nn.Module,
-    metacontroller: Metacontroller,
+    metacontroller: Segmenter,
     batch: Mapping[str, Tensor],
     *,
     sample: bool = True,
@@ -161,7 +172,7 @@ def controlled_forward(
 
 def metacontroller_loss(
     base: nn.Module,
-    metacontroller: Metacontroller,
+    metacontroller: Segmenter,
     batch: Mapping[str, Tensor],
     *,
     generator: torch.Generator | None = None,
@@ -173,7 +184,7 @@ def metacontroller_loss(
     `alpha` defaults to the metacontroller's configured KL strength.
     """
     nll, out = controlled_forward(base, metacontroller, batch, sample=sample, generator=generator)
-    kl = kl_to_standard_normal(out["mu"], out["logvar"])  # [B,T], every step, not weighted by beta
+    kl = out["kl_steps"]  # [B,T]
     mask = batch["mask"].to(nll.dtype)
     n_valid = mask.sum()
     nll_mean = (nll * mask).sum() / n_valid
@@ -193,7 +204,7 @@ def metacontroller_loss(
 
 
 @torch.no_grad()
-def evaluate(base: nn.Module, metacontroller: Metacontroller, dataset: Any, max_episodes: int, batch_size: int = 256) -> dict[str, float]:
+def evaluate(base: nn.Module, metacontroller: Segmenter, dataset: Any, max_episodes: int, batch_size: int = 256) -> dict[str, float]:
     """Held-out action NLL, KL and switch rate with z~ = mu (deterministic), over the first `max_episodes`."""
     n = min(max_episodes, dataset.num_episodes)
     totals = {"nll": 0.0, "kl": 0.0, "switches_per_episode": 0.0}
@@ -204,7 +215,7 @@ def evaluate(base: nn.Module, metacontroller: Metacontroller, dataset: Any, max_
         nll, out = controlled_forward(base, metacontroller, batch, sample=False)
         mask = batch["mask"].to(nll.dtype)
         totals["nll"] += (nll * mask).sum().item()
-        totals["kl"] += (kl_to_standard_normal(out["mu"], out["logvar"]) * mask).sum().item()
+        totals["kl"] += (out["kl_steps"] * mask).sum().item()
         totals["switches_per_episode"] += ((out["beta"] > 0.5).to(nll.dtype) * mask).sum().item()
         steps += int(mask.sum().item())
     return {
@@ -221,7 +232,7 @@ def freeze(base: nn.Module) -> nn.Module:
     return base
 
 
-def resolve_config(config: MetacontrollerConfig, base: nn.Module) -> MetacontrollerConfig:
+def resolve_config(config: SegmenterConfig, base: nn.Module) -> SegmenterConfig:
     """Fill in the base model's width and controlled hook; refuse a hook the base model does not have."""
     from internal_rl.models.hooks import controlled_hook, validate_hook
 
@@ -235,7 +246,7 @@ COTRAIN_INITS = ("scratch", "pretrained")  # the co-trained base model's start: 
 def train_metacontroller(
     base: nn.Module,
     dataset: Any,
-    config: MetacontrollerConfig,
+    config: SegmenterConfig,
     train: MetacontrollerTrainConfig,
     *,
     checkpoint_dir: Path | None = None,
@@ -246,11 +257,11 @@ def train_metacontroller(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     device: str | torch.device = "cpu",
     cotrain: bool = False,
-) -> tuple[Metacontroller, dict[str, Any]]:
-    """Train a metacontroller on `dataset` (a TrajectoryDataset) against the frozen `base` on `device` (where
-    `base` is moved); return it and a summary. With `cotrain`, `base` is trained jointly on the same loss
-    (the paper's co-training baseline; its weights are part of the checkpoint's training state) and frozen
-    at the end.
+) -> tuple[Segmenter, dict[str, Any]]:
+    """Train a metacontroller (or, given a CompILEConfig, the CompILE baseline) on `dataset` (a TrajectoryDataset)
+    against the frozen `base` on `device` (where `base` is moved); return it and a summary. With `cotrain`,
+    `base` is trained jointly on the same loss (the paper's co-training baseline; its weights are part of the
+    checkpoint's training state) and frozen at the end.
 
     With `checkpoint_dir`, checkpoints (weights, config, optimizer and RNG state) replace it atomically every
     `checkpoint_every` steps and at the end; `log_dir` receives TensorBoard scalars. `resume=True` continues
@@ -269,12 +280,14 @@ def train_metacontroller(
         f"batch_size {train.batch_size} exceeds the {train_part.num_episodes} training episodes; use a smaller batch or more data",
     )
     seed_everything(train.seed)
-    model = Metacontroller(config).to(device)  # initialised on the CPU: the same weights on every device
+    compile_baseline = isinstance(config, CompILEConfig)
+    # initialised on the CPU: the same weights on every device
+    model = (CompILE if compile_baseline else Metacontroller)(config).to(device)
     params = [*model.parameters(), *(base.parameters() if cotrain else ())]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, betas=train.betas)
     generator = torch.Generator().manual_seed(derive_seed(train.seed, "z-noise"))
     saved_config = {
-        "metacontroller": config_to_dict(config),
+        "compile" if compile_baseline else "metacontroller": config_to_dict(config),
         "train": config_to_dict(train),
         "cotrain": cotrain,
         **dict(extra_config or {}),
@@ -348,7 +361,7 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gene
         raise CheckpointError(f"{out} has no training state to resume from; delete it or train without --resume")
     # The step budget may grow on resume; anything else changed would silently train another model.
     ignored = {"steps"}
-    for key in ("metacontroller", "train"):
+    for key in ("compile" if "compile" in config else "metacontroller", "train"):
         have = {k: v for k, v in (saved.get(key) or {}).items() if k not in ignored}
         want = {k: v for k, v in config[key].items() if k not in ignored}
         if have != want:
@@ -396,11 +409,12 @@ def train_metacontroller_run(
     rank: int | None = MetacontrollerConfig.rank,
     device: str | torch.device = "cpu",
     cotrain: str | None = None,
+    compile_baseline: bool = False,
 ) -> dict[str, Any]:
     """Train the metacontroller of run folder `run_dir` against its base model into RUN/<stage_name>/
     (default: RUN/metacontroller, RUN/metacontroller-no-switch for the `force_switch` ablation,
-    RUN/metacontroller-label-switches for the `label_switches` diagnostic, or RUN/metacontroller-cotrained
-    for the co-training baseline).
+    RUN/metacontroller-label-switches for the `label_switches` diagnostic, RUN/metacontroller-cotrained
+    for the co-training baseline, or RUN/compile for the CompILE baseline, `compile_baseline`).
 
     Layout (as the pretrain stage): checkpoint/ (weights, config.json, training state), tb/, summary.json.
     `cotrain` ("scratch" or "pretrained", `COTRAIN_INITS`) trains a base model jointly, from random weights of
@@ -417,17 +431,21 @@ def train_metacontroller_run(
     check(cotrain is None or not (force_switch or label_switches),
           "co-training trains a metacontroller with learned switching; it cannot be combined with --force-switch "
           "or --label-switches")
+    check(not compile_baseline or not (force_switch or label_switches or cotrain),
+          "the CompILE baseline learns its own boundaries against the frozen base model; it cannot be combined "
+          "with --force-switch, --label-switches or --cotrain")
     if stage_name is None:
         stage_name = (NO_SWITCH_DIR if force_switch else LABEL_SWITCHES_DIR if label_switches
-                      else COTRAINED_DIR if cotrain else METACONTROLLER_DIR)
+                      else COTRAINED_DIR if cotrain else COMPILE_DIR if compile_baseline else METACONTROLLER_DIR)
     stage = Path(run_dir) / stage_name
     checkpoint_dir = stage / CHECKPOINT_SUBDIR
     if checkpoint_dir.exists() and not resume:
         raise CheckpointError(f"{stage} already holds a metacontroller; pass --resume to continue it, or delete it")
     train = preset(preset_name)
     train = replace(train, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
-    config = MetacontrollerConfig(force_switch=force_switch, label_switches=label_switches, rank=rank,
-                                  **({} if alpha is None else {"alpha": alpha}))
+    alpha_override = {} if alpha is None else {"alpha": alpha}
+    config = (CompILEConfig(rank=rank, **alpha_override) if compile_baseline else
+              MetacontrollerConfig(force_switch=force_switch, label_switches=label_switches, rank=rank, **alpha_override))
     data_dir = Path(data) if data is not None else dataset_of_run(run_dir)
     dataset = load_dataset(data_dir)
     base = load_base_model(run_dir, frozen=cotrain is None)
@@ -443,6 +461,7 @@ def train_metacontroller_run(
     )
     if cotrain is not None:
         save_base_model(stage / COTRAINED_BASE_SUBDIR, base, {**extra, "step": train.steps})
-    summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage), "cotrain": cotrain}
+    summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage), "cotrain": cotrain,
+               "compile": compile_baseline}
     save_json(stage / "summary.json", summary)
     return summary

@@ -15,12 +15,14 @@ METHOD_NAMES = {
     "raw": "raw-action RL (finetune the base model's actions)",
     "no-switch": "no temporal abstraction (beta = 1, a code every step)",
     "cotrained": "metacontroller co-trained with its base model",
+    "compile": "CompILE codes and boundaries (Kipf et al., 2019)",
 }
 # The metacontroller rows, by their key in results.json, and the switching analysis each is read from.
 METACONTROLLER_NAMES = {"switching": "learned switching", "switching_no_switch": "beta = 1 ablation",
-                        "switching_cotrained": "co-trained with the base model"}
+                        "switching_cotrained": "co-trained with the base model", "switching_compile": "CompILE"}
 SWITCHING_FILES = {"switching": "switching.json", "switching_no_switch": "switching_metacontroller-no-switch.json",
-                   "switching_cotrained": "switching_metacontroller-cotrained.json"}
+                   "switching_cotrained": "switching_metacontroller-cotrained.json",
+                   "switching_compile": "switching_compile.json"}
 # The code-replay rows (analysis/code_replay.py), by their key in code_replay.json.
 REPLAY_ROWS = {
     "demonstration": "inferred from expert demonstrations",

@@ -34,6 +34,7 @@ from internal_rl.common.device import describe_device, resolve_device
 from internal_rl.common.errors import ConfigError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
+from internal_rl.metacontroller.compile import COMPILE_DIR
 from internal_rl.metacontroller.modules import COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR
 from internal_rl.pipeline.run_steps import load_steering_decoder, probe_run, steer_run
 from internal_rl.pipeline.stages import Stage, run_stages
@@ -60,7 +61,7 @@ class ReproducePreset:
     metacontroller_steps: int | None = None
     rl_episodes: int | None = None
     task: Task = GRID_POSTTRAIN_TASK
-    methods: tuple[str, ...] = BASE_METHODS  # METHODS adds the co-training baseline
+    methods: tuple[str, ...] = BASE_METHODS  # METHODS adds the co-training and CompILE baselines
     seed: int = 0
     # Episodes of the cleaner data D* (the expert's noiseless actions, `generate --mean-actions`; paper App.
     # C.4.4) on which the supervised controllers and the metacontroller are trained; 0: they use D.
@@ -145,7 +146,7 @@ def pipeline_stages(
     from internal_rl.analysis.switching import analyse_run
     from internal_rl.data.generate import generate_dataset
     from internal_rl.envs.registry import env_spec
-    from internal_rl.metacontroller.training import train_metacontroller_run
+    from internal_rl.metacontroller.training import COMPILE_PRESETS, train_metacontroller_run
     from internal_rl.models.pretraining import pretrain_preset, run_pretraining
     from internal_rl.pipeline.report import write_report
 
@@ -189,11 +190,14 @@ def pipeline_stages(
 
     def metacontroller(stage: str):
         def run(out: Path) -> dict[str, Any]:
+            name = preset.metacontroller
+            if stage == COMPILE_DIR:  # CompILE's own paper budget, where the paper gives one
+                name = COMPILE_PRESETS.get(name, name)
             train_metacontroller_run(
-                out, preset_name=preset.metacontroller, data=clean_data(out), seed=preset.seed,
+                out, preset_name=name, data=clean_data(out), seed=preset.seed,
                 steps=preset.metacontroller_steps, force_switch=stage == NO_SWITCH_DIR, resume=True,
                 show_progress=show_progress, rank=preset.controller_rank, device=device,
-                cotrain=preset.cotrain_init if stage == COTRAINED_DIR else None,
+                cotrain=preset.cotrain_init if stage == COTRAINED_DIR else None, compile_baseline=stage == COMPILE_DIR,
             )
             report = analyse_run(out, stage_name=stage)
             summary = {"f1": report["subgoal_switches"]["f1"], "nmi": report["nmi"]["segment"]}
@@ -226,7 +230,7 @@ def pipeline_stages(
         Stage("steer", steer),
         Stage(METACONTROLLER_DIR, metacontroller(METACONTROLLER_DIR)),
     ]
-    for method, stage in (("no-switch", NO_SWITCH_DIR), ("cotrained", COTRAINED_DIR)):
+    for method, stage in (("no-switch", NO_SWITCH_DIR), ("cotrained", COTRAINED_DIR), ("compile", COMPILE_DIR)):
         if method in preset.methods:
             stages.append(Stage(stage, metacontroller(stage)))
     stages += [Stage(f"rl-{method}", rl(method)) for method in preset.methods]

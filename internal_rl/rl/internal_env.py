@@ -51,7 +51,7 @@ from internal_rl.envs.tasks import Task
 from internal_rl.models.base_model import BaseModel, DecodingState
 from internal_rl.models.controller import ControllerParams, apply_controller
 from internal_rl.models.hooks import controlled_hook, validate_hook
-from internal_rl.metacontroller.modules import Metacontroller
+from internal_rl.metacontroller.modules import Segmenter
 
 # decide(e [K, d_model], env_ids [K]) -> z [K, n_z]: the codes for the K episodes whose switch fired.
 Decide = Callable[[Tensor, Tensor], Tensor]
@@ -72,7 +72,7 @@ class LowLevelStep:
     truncated: Tensor  # bool, after this step
 
 
-def resolve_hook(base_model: BaseModel, metacontroller: Metacontroller) -> str:
+def resolve_hook(base_model: BaseModel, metacontroller: Segmenter) -> str:
     """The hook the metacontroller was trained on (its config), or the paper's layer L/2 if unset."""
     hook = metacontroller.config.hook or controlled_hook(base_model.n_layers)
     return validate_hook(hook, base_model.n_layers)
@@ -115,7 +115,7 @@ class BatchedInternalEnv:
     def __init__(
         self,
         base_model: BaseModel,
-        metacontroller: Metacontroller,
+        metacontroller: Segmenter,
         env_config: Any,
         num_envs: int,
         beta_threshold: float = BETA_THRESHOLD,
@@ -241,7 +241,7 @@ class InternalEnv(gymnasium.Env):
     def __init__(
         self,
         base_model: BaseModel,
-        metacontroller: Metacontroller,
+        metacontroller: Segmenter,
         env_config: Any = None,
         task: Task | None = None,
         beta_threshold: float = BETA_THRESHOLD,

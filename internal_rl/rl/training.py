@@ -12,6 +12,7 @@ differ only in the policy and in what it acts on:
     raw         RawActionPolicy (base model copy)  the task env (grid, pinpad)    every low-level step
     cotrained   CodePolicy                         InternalEnv (a metacontroller  when the switch fires
                                                    and base model co-trained)
+    compile     CodePolicy                         InternalEnv (CompILE)          when its boundary hazard fires
 
 Learning curve: one record per update with the cumulative episodes and env steps and the success rate of
 that batch (sampled from the training policy). Evaluation: the success rate of the policy *as it acts in
@@ -37,11 +38,12 @@ from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.registry import make_batched_env
 from internal_rl.envs.tasks import Task, validate_task
+from internal_rl.metacontroller.compile import COMPILE_DIR
 from internal_rl.metacontroller.modules import (
     COTRAINED_DIR,
     METACONTROLLER_DIR,
     NO_SWITCH_DIR,
-    Metacontroller,
+    Segmenter,
     load_metacontroller,
     stage_base_model,
 )
@@ -57,13 +59,14 @@ from internal_rl.rl.policies import (
 )
 from internal_rl.rl.ppo import PPOConfig, RolloutBatch, make_optimizer, ppo_update
 
-# The paper's method and the baselines every pipeline runs; and all, with the co-training baseline.
+# The paper's method and the baselines every pipeline runs; and all, with the co-training and CompILE baselines.
 BASE_METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
-METHODS: tuple[str, ...] = (*BASE_METHODS, "cotrained")
+METHODS: tuple[str, ...] = (*BASE_METHODS, "cotrained", "compile")
 # Where each method's metacontroller lives inside a run folder (written by `internal-rl metacontroller`, the
-# no-switch one by `--force-switch`, the co-trained one, with its own base model, by `--cotrain`).
+# no-switch one by `--force-switch`, the co-trained one, with its own base model, by `--cotrain`, and
+# CompILE by `--compile`).
 METACONTROLLER_DIRS: dict[str, str] = {"internal": METACONTROLLER_DIR, "no-switch": NO_SWITCH_DIR,
-                                       "cotrained": COTRAINED_DIR}
+                                       "cotrained": COTRAINED_DIR, "compile": COMPILE_DIR}
 RL_DIR = "rl"
 
 
@@ -96,7 +99,7 @@ class RLConfig:
 # with this preset's policy size and budget (code policy: 3e-3 > 1e-2 > 3e-2). For raw-action RL the tiny
 # model preferred 3e-3 > 1e-3 > 3e-4, but on the quick grid base model 1e-3 already moves the policy by
 # ~1.6 nats (approx. KL) per update, so 3e-4. Neither is tuned on the post-training task.
-_QUICK_LR = {"internal": 3e-3, "no-switch": 3e-3, "cotrained": 3e-3, "raw": 3e-4}
+_QUICK_LR = {"internal": 3e-3, "no-switch": 3e-3, "cotrained": 3e-3, "compile": 3e-3, "raw": 3e-4}
 _QUICK = RLConfig(
     ppo=PPOConfig(episodes_per_batch=64, epochs=4),
     total_episodes=1_024,
@@ -108,7 +111,7 @@ _QUICK = RLConfig(
 # raw-action RL learns the unseen composition 0-1-2-3 on the long base model (README, Status). The code
 # policies use 1e-3 there (a scan of 3e-4, 3e-3 and 1e-2 at this batch ended within 0.02 of it on the long
 # base model; README, Status), raw actions 3e-4.
-_LONG_LR = {"internal": 1e-3, "no-switch": 1e-3, "cotrained": 1e-3, "raw": 3e-4}
+_LONG_LR = {"internal": 1e-3, "no-switch": 1e-3, "cotrained": 1e-3, "compile": 1e-3, "raw": 3e-4}
 _LONG = replace(_QUICK, ppo=replace(_QUICK.ppo, episodes_per_batch=256), total_episodes=32_768)
 _PRESET_LR = {"quick": _QUICK_LR, "long": _LONG_LR}
 PRESETS: dict[str, RLConfig] = {
@@ -241,7 +244,7 @@ class RolloutWorkers(Protocol):
         self,
         method: str,
         base_model: BaseModel,
-        metacontroller: Metacontroller | None,
+        metacontroller: Segmenter | None,
         env_config: GridWorldConfig,
         config: RLConfig,
         policy: torch.nn.Module,
@@ -253,7 +256,7 @@ class RolloutWorkers(Protocol):
 def method_setup(
     method: str,
     base_model: BaseModel,
-    metacontroller: Metacontroller | None,
+    metacontroller: Segmenter | None,
     env_config: GridWorldConfig,
     config: RLConfig,
     generator: torch.Generator,
@@ -307,7 +310,7 @@ def evaluate(collect: Collect, seed: int, episodes: int, batch_size: int) -> dic
 def train_rl(
     method: str,
     base_model: BaseModel,
-    metacontroller: Metacontroller | None,
+    metacontroller: Segmenter | None,
     env_config: GridWorldConfig,
     seed: int,
     config: RLConfig,
@@ -433,14 +436,15 @@ def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> Any:
     return replace(env_config, tasks=(validate_task(task, env_config.n_colours),))
 
 
-def load_method_metacontroller(run_dir: Path, method: str) -> Metacontroller | None:
+def load_method_metacontroller(run_dir: Path, method: str) -> Segmenter | None:
     """The frozen metacontroller `method` acts through (None for raw-action RL)."""
     if check_method(method) == "raw":
         return None
     path = Path(run_dir) / METACONTROLLER_DIRS[method]
     if not path.is_dir():
         hint = {"no-switch": " (train it with `internal-rl metacontroller --force-switch`)",
-                "cotrained": " (train it with `internal-rl metacontroller --cotrain scratch|pretrained`)"}.get(method, "")
+                "cotrained": " (train it with `internal-rl metacontroller --cotrain scratch|pretrained`)",
+                "compile": " (train it with `internal-rl metacontroller --compile`)"}.get(method, "")
         raise CheckpointError(f"method {method!r} needs a metacontroller at {path}; none found{hint}")
     return load_metacontroller(path)
 
