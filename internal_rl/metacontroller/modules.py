@@ -220,7 +220,8 @@ class Metacontroller(nn.Module):
         `sample` draws z~_t = mu_t + sigma_t eps (reparameterised); False uses z~_t = mu_t (analysis).
         `beta` [B,T] replaces the switching unit's gate (the `label_switches` diagnostic); it must be 1 at t = 0.
         Returns z, z_tilde, mu, logvar [B,T,n_z], beta [B,T], kl_steps [B,T] (KL to the prior), s ([B,n_s], or
-        [B,T,n_s] per step) and `controller`: ControllerParams with batch shape [B,T]. Values at padded steps are meaningless and must be masked by the caller.
+        [B,T,n_s] per step) and `controller`: ControllerParams with batch shape [B,T]. Values at padded steps
+        are meaningless and must be masked by the caller.
         """
         b, t, d = e.shape
         check(d == self.config.d_model, f"Metacontroller got activations of width {d}; expected d_model={self.config.d_model}")

@@ -41,6 +41,7 @@ from internal_rl.common.device import describe_device, module_device, resolve_de
 from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
+from internal_rl.metacontroller.compile import COMPILE_DIR, CompILE, CompILEConfig
 from internal_rl.metacontroller.modules import (
     CHECKPOINT_SUBDIR,
     COTRAINED_BASE_SUBDIR,
@@ -54,7 +55,6 @@ from internal_rl.metacontroller.modules import (
     SegmenterConfig,
     label_switch_gate,
 )
-from internal_rl.metacontroller.compile import COMPILE_DIR, CompILE, CompILEConfig
 from internal_rl.models.base_model import BaseModel, load_base_model, save_base_model
 from internal_rl.models.controller import apply_controller
 
