@@ -371,7 +371,12 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
     RUN/switching_beta.png (for the default stage) and returns the report."""
     from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.common.config import save_json
-    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, stage_base_model
+    from internal_rl.metacontroller.modules import (
+        find_metacontroller_checkpoint,
+        load_metacontroller,
+        segmenter_key,
+        stage_base_model,
+    )
 
     run_dir = Path(run_dir)
     stage = run_dir / stage_name
@@ -381,7 +386,7 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
     base = stage_base_model(run_dir, stage_name)
     metacontroller = load_metacontroller(checkpoint)
     traces = collect_traces(base, metacontroller, held_out, max_episodes)
-    model_config = config["metacontroller"] if "metacontroller" in config else config["compile"]  # CompILE's
+    model_config = config[segmenter_key(config, checkpoint)]
     report = {"metacontroller": model_config, "step": config.get("step"), **switching_report(traces, seed=seed)}
     suffix = "" if stage_name == "metacontroller" else f"_{stage.name}"
     if plot:

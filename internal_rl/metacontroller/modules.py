@@ -341,6 +341,15 @@ def find_metacontroller_checkpoint(path: Path) -> Path:
     )
 
 
+def segmenter_key(config: dict[str, Any], path: Path | str = "this checkpoint") -> str:
+    """The key of a checkpoint config that holds the model's config: "metacontroller", or "compile" for CompILE."""
+    for key in ("metacontroller", "compile"):
+        if key in config:
+            return key
+    raise CheckpointError(f"{path} is not a metacontroller checkpoint: its config.json has no 'metacontroller' "
+                          f"or 'compile' key")
+
+
 def load_metacontroller(run_dir: Path) -> Segmenter:
     """Load a trained metacontroller (or CompILE baseline), frozen (eval mode, no gradients), from a run, stage
     or checkpoint folder."""
@@ -349,13 +358,9 @@ def load_metacontroller(run_dir: Path) -> Segmenter:
 
     path = find_metacontroller_checkpoint(run_dir)
     weights, config, _ = load_checkpoint(path)
-    if "metacontroller" in config:
-        model = Metacontroller(config_from_dict(MetacontrollerConfig, config["metacontroller"]))
-    elif "compile" in config:
-        model = CompILE(config_from_dict(CompILEConfig, config["compile"]))
-    else:
-        raise CheckpointError(f"{path} is not a metacontroller checkpoint: its config.json has no 'metacontroller' "
-                              f"or 'compile' key")
+    key = segmenter_key(config, path)
+    model_class, config_class = (CompILE, CompILEConfig) if key == "compile" else (Metacontroller, MetacontrollerConfig)
+    model = model_class(config_from_dict(config_class, config[key]))
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

@@ -54,6 +54,7 @@ from internal_rl.metacontroller.modules import (
     Segmenter,
     SegmenterConfig,
     label_switch_gate,
+    segmenter_key,
 )
 from internal_rl.models.base_model import BaseModel, load_base_model, save_base_model
 from internal_rl.models.controller import apply_controller
@@ -361,7 +362,7 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gene
         raise CheckpointError(f"{out} has no training state to resume from; delete it or train without --resume")
     # The step budget may grow on resume; anything else changed would silently train another model.
     ignored = {"steps"}
-    for key in ("compile" if "compile" in config else "metacontroller", "train"):
+    for key in (segmenter_key(config), "train"):
         have = {k: v for k, v in (saved.get(key) or {}).items() if k not in ignored}
         want = {k: v for k, v in config[key].items() if k not in ignored}
         if have != want:
