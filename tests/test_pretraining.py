@@ -13,10 +13,12 @@ from internal_rl.data.dataset import load_dataset
 from internal_rl.data.generate import generate_dataset
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import GRID_PRETRAIN_TASKS
-from internal_rl.models.base_model import BaseModelConfig, load_base_model
+from internal_rl.models.base_model import BaseModel, BaseModelConfig, load_base_model
 from internal_rl.models.pretraining import (
     FreeRunningGrid,
     PretrainConfig,
+    evaluate_by_target,
+    evaluate_held_out,
     evaluate_rollouts,
     expert_action_probabilities,
     expert_noise_level,
@@ -25,6 +27,7 @@ from internal_rl.models.pretraining import (
     length_grouped_batches,
     pretrain_preset,
     run_pretraining,
+    target_indices,
     train_base_model,
     valid_task_mask,
     PRESETS,
@@ -148,8 +151,31 @@ def test_expert_probabilities_explain_the_data(dataset):
     assert p.shape == (dataset.num_steps, 4)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
     assert (p[np.arange(len(actions)), actions] > 0).all()
-    noise = expert_noise_level(dataset, env_config)
+    noise = expert_noise_level(p)
     assert 0.5 < noise["accuracy_ceiling"] < 1 and noise["nll_floor"] > 0
+
+
+def test_target_indices_count_the_task_position():
+    # two episodes: targets 4 4 5 5 5 0 | 2 3 3
+    targets = np.array([4, 4, 5, 5, 5, 0, 2, 3, 3])
+    assert target_indices(targets, np.array([6, 3])).tolist() == [0, 0, 1, 1, 1, 2, 0, 1, 1]
+
+
+def test_evaluation_by_target_position(dataset):
+    """Grouped by target position, the steps and the expert's ceiling add up to the whole held-out set's."""
+    model = BaseModel(BaseModelConfig(transformer=TransformerConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64)))
+    p = expert_action_probabilities(dataset, GridWorldConfig())
+    groups = evaluate_by_target(model.eval(), dataset, p)
+    assert [g["target_index"] for g in groups] == list(range(6))  # the pretraining tasks have 6 colours
+    steps = np.array([g["steps"] for g in groups])
+    assert steps.sum() == dataset.num_steps
+    ceiling = sum(g["accuracy_ceiling"] * g["steps"] for g in groups) / steps.sum()
+    assert ceiling == pytest.approx(expert_noise_level(p)["accuracy_ceiling"])
+    overall = evaluate_held_out(model, dataset)
+    nll = sum(g["action_nll"] * g["steps"] for g in groups) / steps.sum()
+    assert nll == pytest.approx(overall["action_nll"], rel=1e-4)
+    accuracy = sum(g["action_accuracy"] * g["steps"] for g in groups) / steps.sum()
+    assert accuracy == pytest.approx(overall["action_accuracy"], rel=1e-4)
 
 
 def test_task_validity_and_subgoal_counting():

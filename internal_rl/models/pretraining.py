@@ -346,6 +346,62 @@ def evaluate_held_out(model: BaseModel, dataset: TrajectoryDataset, batch_size: 
     return {**{k: v / n_steps for k, v in totals.items()}, "episodes": dataset.num_episodes, "steps": n_steps}
 
 
+def target_indices(targets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The position of each step's target colour in its task (0 for the first, +1 at each change of
+    target), for steps of episodes laid end to end with `lengths`: int [S].
+
+    A task never names the same colour twice in a row (a colour is only visited by stepping onto it), so
+    a change of target is exactly the move to the task's next colour.
+    """
+    targets = np.asarray(targets)
+    changed = np.ones(len(targets), dtype=np.int64)
+    changed[1:] = targets[1:] != targets[:-1]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    changed[starts] = 0
+    count = np.cumsum(changed)
+    return count - np.repeat(count[starts], lengths)
+
+
+@torch.no_grad()
+def evaluate_by_target(
+    model: BaseModel, dataset: TrajectoryDataset, expert_probabilities: np.ndarray | None = None, batch_size: int = 256
+) -> list[dict[str, float]]:
+    """Held-out action NLL and accuracy grouped by the target's position in the task (entry k: the steps
+    heading to the task's k-th colour), with the expert's accuracy ceiling there when its action
+    probabilities (`expert_action_probabilities`, same step order) are given.
+
+    In the grid world a subgoal is a colour pair: even positions are a pair's first colour, which the
+    model must infer from the task's history, odd ones its second, which follows from the colour just
+    visited. Whether a model has learned the subgoals shows in the odd positions first.
+    """
+    arrays = dataset.arrays
+    ids = dataset.episode_ids
+    lengths = arrays["episode_lengths"][ids]
+    step_index = np.concatenate([np.arange(s, s + n) for s, n in zip(arrays["episode_starts"][ids], lengths)])
+    position = target_indices(arrays["targets"][step_index], lengths)
+    nll, correct = [], []
+    for start in range(0, dataset.num_episodes, batch_size):
+        batch = dataset.batch(np.arange(start, min(start + batch_size, dataset.num_episodes)), module_device(model))
+        params = model(batch["observations"]).action_params
+        mask = batch["mask"]
+        nll.append(model.action_nll(params, batch["actions"])[mask].float().cpu().numpy())
+        if model.config.action_head == "categorical":
+            correct.append((params.argmax(-1) == batch["actions"])[mask].cpu().numpy())
+    nll_steps = np.concatenate(nll)
+    correct_steps = np.concatenate(correct) if correct else None
+    ceiling = expert_probabilities.max(-1) if expert_probabilities is not None else None
+    groups = []
+    for k in range(int(position.max()) + 1):
+        at = position == k
+        group = {"target_index": k, "steps": int(at.sum()), "action_nll": float(nll_steps[at].mean())}
+        if correct_steps is not None:
+            group["action_accuracy"] = float(correct_steps[at].mean())
+        if ceiling is not None:
+            group["accuracy_ceiling"] = float(ceiling[at].mean())
+        groups.append(group)
+    return groups
+
+
 def expert_action_probabilities(dataset: TrajectoryDataset, env_config: Any, epsilon: float = 0.0) -> np.ndarray:
     """The grid-world expert's action distribution at every step of `dataset`: float [S, n_actions].
 
@@ -387,14 +443,14 @@ def expert_action_probabilities(dataset: TrajectoryDataset, env_config: Any, eps
     return (1 - epsilon) * optimal / optimal.sum(-1, keepdims=True) + epsilon * safe / safe.sum(-1, keepdims=True)
 
 
-def expert_noise_level(dataset: TrajectoryDataset, env_config: Any, epsilon: float = 0.0) -> dict[str, float]:
+def expert_noise_level(expert_probabilities: np.ndarray, epsilon: float = 0.0) -> dict[str, float]:
     """The best next-action accuracy and NLL achievable on `dataset` by a predictor that knows the target.
 
     The expert is stochastic, so even a perfect model is right only with probability max_a p(a) per step
     ((1 - eps)/n_optimal + eps/n_safe), and its NLL is at least the entropy of p. A model that must also
     infer the task from the observations can only do worse in expectation, so these are bounds, not targets.
     """
-    p = expert_action_probabilities(dataset, env_config, epsilon)
+    p = expert_probabilities
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
     return {"accuracy_ceiling": float(p.max(-1).mean()), "nll_floor": float(entropy.mean()), "epsilon": float(epsilon)}
 
@@ -524,7 +580,10 @@ def evaluate_base_model(
         # the steering stage (the base model acting alone on single colours and whole tasks) plays that role.
         result["rollouts"] = "not computed: free rollouts are grid-world only (see steering's uncontrolled baseline)"
         return result
-    result["expert"] = expert_noise_level(held_out, env_config, float(held_out.manifest.get("expert_epsilon", 0.0)))
+    epsilon = float(held_out.manifest.get("expert_epsilon", 0.0))
+    expert_probabilities = expert_action_probabilities(held_out, env_config, epsilon)
+    result["expert"] = expert_noise_level(expert_probabilities, epsilon)
+    result["by_target"] = evaluate_by_target(model, held_out, expert_probabilities)
     if rollouts > 0:
         result["rollouts"] = evaluate_rollouts(model, env_config, episodes=rollouts, seed=seed)
     return result

@@ -282,6 +282,15 @@ def write_report(run: Path) -> Path:
                   "|---|---|---|---|",
                   f"| {_fmt(held.get('action_accuracy'))} | {_fmt(expert.get('accuracy_ceiling'))} "
                   f"| {_fmt(held.get('action_nll'))} | {_fmt(held.get('obs_nll'))} |", ""]
+        by_target = pretrain.get("by_target")
+        if by_target:
+            lines += ["Held-out next-action accuracy by the target's position in the task (grid world: even positions "
+                      "are a colour pair's first colour, inferred from the task's history; odd ones its second, "
+                      "which follows from the colour just visited):", "",
+                      "| target position | " + " | ".join(str(g["target_index"]) for g in by_target) + " |",
+                      "|---|" + "---|" * len(by_target),
+                      "| base model | " + " | ".join(_fmt(g.get("action_accuracy")) for g in by_target) + " |",
+                      "| expert's ceiling | " + " | ".join(_fmt(g.get("accuracy_ceiling")) for g in by_target) + " |", ""]
         rollouts = pretrain.get("rollouts")
         if isinstance(rollouts, str):
             lines += [f"Free rollouts: {rollouts}.", ""]
