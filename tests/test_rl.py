@@ -218,6 +218,22 @@ def test_budget_accounting_is_the_same_for_every_method(method):
         assert curve[0]["entropy"] == pytest.approx(mc.config.n_z * 0.5 * (1 + math.log(2 * math.pi)), abs=2.5)
 
 
+def test_init_policy_warm_starts_the_policy_that_acts():
+    """A warm start that narrows the code policy shows in the first batch's entropy estimate."""
+    base, mc = random_models()
+    seen = []
+
+    def narrow(policy):
+        seen.append(type(policy).__name__)
+        with torch.no_grad():
+            policy.head.bias[mc.config.n_z :] = -3.0  # log-std -3 in every dimension
+
+    result = train_rl("internal", base, mc, POST, seed=0, config=tiny_config(total_episodes=8), init_policy=narrow)
+    assert seen == ["CodePolicy"]
+    prior = mc.config.n_z * 0.5 * (1 + math.log(2 * math.pi))
+    assert result["curve"][0]["entropy"] == pytest.approx(prior - 3 * mc.config.n_z, abs=2.5)
+
+
 def test_methods_refuse_the_wrong_metacontroller():
     base, mc = random_models()
     config = tiny_config(total_episodes=8)

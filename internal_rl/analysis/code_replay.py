@@ -74,6 +74,35 @@ def fit_linear_policy(demos: list[tuple[Tensor, Tensor]]) -> list[Any]:
     return [first, fit(later) if later else first]
 
 
+def clone_demonstration_codes(policy: torch.nn.Module, demos: list[tuple[Tensor, Tensor]], *, steps: int = 500,
+                              batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> list[float]:
+    """Fit internal RL's code policy (`rl.policies.CodePolicy`) to demonstrations by maximum likelihood:
+    each demonstration's residuals e_1..e_K (from `demonstration_codes`) in, its codes z_1..z_K out.
+
+    A warm start for internal RL (`train_rl(init_policy=...)`), to tell apart a code space that RL cannot
+    improve from one whose good codes RL does not find from the prior, where the paper starts it.
+    Returns the loss, -log pi(z | e) per decision, at every step.
+    """
+    check(len(demos) > 0 and steps >= 1, f"cloning needs demonstrations and steps >= 1, got {len(demos)} and {steps}")
+    longest = max(len(z) for z, _ in demos)
+    codes = torch.zeros(len(demos), longest, demos[0][0].shape[1])
+    residuals = torch.zeros(len(demos), longest, demos[0][1].shape[1])
+    mask = torch.zeros(len(demos), longest, dtype=torch.bool)
+    for i, (z, e) in enumerate(demos):
+        codes[i, : len(z)], residuals[i, : len(z)], mask[i, : len(z)] = z, e, True
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(len(demos), (batch_size,), generator=generator)
+        loss = -policy.log_prob(residuals[index], codes[index], mask[index]).sum() / mask[index].sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 @torch.no_grad()
 def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: Task, *, episodes: int = 256,
                  seed: int = 0, env_config: GridWorldConfig | None = None, noiseless: bool = False,

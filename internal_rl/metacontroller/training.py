@@ -23,7 +23,7 @@ Presets: "paper" (Table A9: 64k steps, batch 512, AdamW lr 1e-3, wd 0.03, consta
   codes) until alpha has reached its target. Trained from the start, it learns while alpha is 0, when one
   code per episode explains everything, and it then holds a single segment for good (measured: 1.0 switch
   per episode, switch F1 0.00). Released under the KL, it learns to hold codes within subgoals: on the
-  grid world's long-budget base model, "long" gave switch F1 0.97 (see the README).
+  grid world's long-budget base model, "long" gave switch F1 0.97 (see docs/results.md).
 """
 
 import time

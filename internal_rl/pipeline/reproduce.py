@@ -82,7 +82,7 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
     # The quick model trained 5x longer on 4x the data, and the metacontroller's "long" schedule (about 85
     # minutes on 2 CPU cores, 27 of them raw-action RL and 12 the co-training baseline): the smallest budget
     # measured here at which the base model holds the subgoal in its residual stream and the metacontroller
-    # switches at subgoal changes (README, Status). The controllers
+    # switches at subgoal changes (docs/results.md). The controllers
     # and the metacontroller train on D*, the noiseless expert's data: switch F1 1.00 against 0.97-0.99 on D.
     # (On the quick base model D* made the quick schedule hold one segment: F1 0.005 against 0.41.)
     # RL runs on the unseen composition 0-1-2-3, whose chance success (about 0.04) gives every method a
@@ -99,7 +99,7 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
 }
 _PINPAD = dict(task=PINPAD_POSTTRAIN_TASK, controller_rank=None, videos=True, cotrain_init="pretrained")
 _PINPAD_PRESETS: dict[str, ReproducePreset] = {
-    # Point mass: fits 2 CPU cores in under 30 minutes (measured; see the README).
+    # Point mass: fits 2 CPU cores in under 30 minutes (measured; see docs/results.md).
     "quick": ReproducePreset(
         episodes=10_000, pretrain="quick-pinpad", probe="quick", steer="quick-pinpad",
         metacontroller="quick-pinpad", rl="quick", seeds=1, clean_episodes=2_000, rl_episodes=2_048, **_PINPAD,

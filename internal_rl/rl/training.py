@@ -108,9 +108,9 @@ _QUICK = RLConfig(
     eval_episodes=256,
 )
 # The grid world's long preset: the quick policy at batch 256 over 32,768 episodes, the budget at which
-# raw-action RL learns the unseen composition 0-1-2-3 on the long base model (README, Status). The code
+# raw-action RL learns the unseen composition 0-1-2-3 on the long base model (docs/results.md). The code
 # policies use 1e-3 there (a scan of 3e-4, 3e-3 and 1e-2 at this batch ended within 0.02 of it on the long
-# base model; README, Status), raw actions 3e-4.
+# base model; docs/results.md), raw actions 3e-4.
 _LONG_LR = {"internal": 1e-3, "no-switch": 1e-3, "cotrained": 1e-3, "compile": 1e-3, "raw": 3e-4}
 _LONG = replace(_QUICK, ppo=replace(_QUICK.ppo, episodes_per_batch=256), total_episodes=32_768)
 _PRESET_LR = {"quick": _QUICK_LR, "long": _LONG_LR}
@@ -319,6 +319,7 @@ def train_rl(
     show_progress: bool = False,
     workers: RolloutWorkers | None = None,
     device: str | torch.device = "cpu",
+    init_policy: Callable[[torch.nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Train one method for `config.total_episodes` episodes of `env_config`'s task(s); return the results.
 
@@ -326,11 +327,15 @@ def train_rl(
     after training, and timings (rollout throughput in episodes/s and env steps/s). With `workers`, the
     episodes are collected by them (same rollout functions, their own sampling seeds, on their CPUs) and
     learned here. The models are moved to `device`, where the policy learns (and, without workers, acts).
+    `init_policy` warm-starts the freshly initialised policy in place before anything runs (e.g.
+    `analysis.code_replay.clone_demonstration_codes`); RL's own initialisation is the paper's.
     """
     check_method(method)
     device = resolve_device(device)
     generator = seed_everything(derive_seed(seed, "rl", method))  # also seeds the policy's initialisation
     policy, collect = method_setup(method, base_model, metacontroller, env_config, config, generator)
+    if init_policy is not None:
+        init_policy(policy)
     if workers is not None:  # the same rollout code, run by the workers with the learner's weights
         collect = workers.bind(method, base_model, metacontroller, env_config, config, policy)  # CPU copies
     for module in (base_model, metacontroller, policy):  # initialised on the CPU: the same policy on every device
@@ -464,12 +469,13 @@ def run_rl(
     workers: RolloutWorkers | None = None,
     results_dir: Path | None = None,
     device: str | torch.device = "cpu",
+    init_policy: Callable[[torch.nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Train `method` on `task` from run folder `run_dir`; write RUN/rl/<method>/seed_<seed>.json; return it.
 
     TensorBoard scalars go to RUN/rl/<method>/tensorboard/seed_<seed>. `results_dir` (a sweep's trial
-    group) replaces RUN as the folder the results go to; `workers` collect the episodes and `device` is
-    where the policy learns (see `train_rl`).
+    group) replaces RUN as the folder the results go to; `workers` collect the episodes, `device` is
+    where the policy learns and `init_policy` warm-starts it (see `train_rl`).
     """
     run_dir = Path(run_dir)
     base_model = stage_base_model(run_dir, METACONTROLLER_DIRS.get(method))  # the co-trained method's own
@@ -488,6 +494,7 @@ def run_rl(
         show_progress=show_progress,
         workers=workers,
         device=device,
+        init_policy=init_policy,
     )
     save_json(out, result)
     return result
