@@ -350,8 +350,8 @@ def target_indices(targets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The position of each step's target colour in its task (0 for the first, +1 at each change of
     target), for steps of episodes laid end to end with `lengths`: int [S].
 
-    A task never names the same colour twice in a row (a colour is only visited by stepping onto it), so
-    a change of target is exactly the move to the task's next colour.
+    A change of target is the move to the task's next colour; a colour repeated back to back in a task
+    (none of the paper's tasks has one) would count as one position.
     """
     targets = np.asarray(targets)
     changed = np.ones(len(targets), dtype=np.int64)
@@ -444,7 +444,8 @@ def expert_action_probabilities(dataset: TrajectoryDataset, env_config: Any, eps
 
 
 def expert_noise_level(expert_probabilities: np.ndarray, epsilon: float = 0.0) -> dict[str, float]:
-    """The best next-action accuracy and NLL achievable on `dataset` by a predictor that knows the target.
+    """The best next-action accuracy and NLL achievable on a dataset by a predictor that knows the target,
+    from the expert's action probabilities at its steps (`expert_action_probabilities`).
 
     The expert is stochastic, so even a perfect model is right only with probability max_a p(a) per step
     ((1 - eps)/n_optimal + eps/n_safe), and its NLL is at least the entropy of p. A model that must also
