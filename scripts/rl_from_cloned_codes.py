@@ -14,9 +14,11 @@ expert it is compared with (`--noiseless` for a metacontroller trained on D*, as
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from internal_rl.analysis.code_replay import clone_demonstration_codes, demonstration_codes
+from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset
 from internal_rl.data.generate import rollout_chunk
 from internal_rl.envs.tasks import parse_task, with_tasks
@@ -61,4 +63,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InternalRLError as err:
+        sys.exit(f"error: {err}")
