@@ -46,6 +46,7 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     assert "with supervised subgoal controllers" in text
     assert f"| chained, task {task} |" in text  # the steering stage chains its controllers on the RL task
     assert 0.0 <= results["switching"]["code_probe"]["accuracy"] <= 1.0
+    assert 0 <= results["switching"]["active_code_dimensions"] <= results["switching"]["code_dimensions"]
     assert 0.0 <= results["code_replay"]["demonstration"]["success"] <= 1.0
     assert "Code replay on the RL task" in text and "code -> subgoal, linear probe" in text
     assert len(results["probes"]["accuracy_by_layer"]) == 7 and "best_layer" in results["probes"]

@@ -6,6 +6,7 @@ import pytest
 from internal_rl.analysis.switching import (
     EpisodeTrace,
     clustering_nmi,
+    code_dimensions,
     code_probe,
     count_matches,
     discovered_controllers,
@@ -102,6 +103,21 @@ def test_code_probe_reads_planted_subgoal_codes_and_not_noise():
     noise = code_probe(_traces(2, separable=False, episodes=100))
     assert noise["accuracy"] < noise["majority"] + 0.1
     assert noise["given_previous"]["accuracy"] < noise["given_previous"]["majority"] + 0.15
+
+
+def test_active_code_dimensions_are_those_that_vary_across_segments():
+    rng = np.random.default_rng(0)
+    traces = []
+    for _ in range(20):
+        z = np.zeros((12, 4))
+        z[:6], z[6:] = rng.normal(size=4), rng.normal(size=4)  # two segments, one code each
+        z[:, 1] = 0.3  # constant: carries nothing
+        z[:, 3] *= 0.01  # varies, but too little to count
+        traces.append(EpisodeTrace(beta=_beta(12, [0, 6]), z=z, nll=np.zeros(12), subgoals=np.repeat([0, 1], 6),
+                                   targets=np.repeat([0, 1], 6)))
+    dims = code_dimensions(traces)
+    assert dims["n_z"] == 4 and dims["active"] == 2
+    assert dims["std"][1] < 1e-12 and 0.5 < dims["std"][0] < 1.5
 
 
 def test_report_and_plots(tmp_path):

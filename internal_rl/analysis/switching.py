@@ -178,6 +178,15 @@ def segment_codes(traces: Sequence[EpisodeTrace], threshold: float = THRESHOLD) 
     return np.stack(seg_z), np.array(seg_labels, dtype=np.int64)
 
 
+def code_dimensions(traces: Sequence[EpisodeTrace], threshold: float = THRESHOLD) -> dict[str, Any]:
+    """The spread of each latent dimension over the predicted segments' mean codes, and how many
+    dimensions are active (variance above 0.01, the active-unit count of Burda et al., 2016). A dimension
+    that does not vary across segments carries nothing, whatever n_z is."""
+    seg_z, _ = segment_codes(traces, threshold)
+    std = seg_z.std(0)
+    return {"std": std.tolist(), "active": int((std**2 > 0.01).sum()), "n_z": int(seg_z.shape[1])}
+
+
 def discovered_controllers(traces: Sequence[EpisodeTrace], k: int, seed: int = 0) -> dict[str, list]:
     """The metacontroller's k discovered controllers: k-means centres of its segment codes (those the NMI
     scores), each with its number of segments and their majority subgoal. JSON-ready lists."""
@@ -276,6 +285,7 @@ def switching_report(traces: Sequence[EpisodeTrace], seed: int = 0) -> dict[str,
         "nmi": nmi,
         "controllers": discovered_controllers(traces, nmi["n_clusters"], seed=seed),
         "code_probe": code_probe(traces),
+        "code_dimensions": code_dimensions(traces),
         "segment_length": _length_stats(pred_lengths),
         "true_subgoal_length": _length_stats(true_lengths),
         "switches_per_episode": float(np.mean([len(predicted_switches(b)) for b in betas])),

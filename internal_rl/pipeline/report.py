@@ -132,6 +132,9 @@ def collect_results(run: Path) -> dict[str, Any]:
                 "switches_per_episode": report["switches_per_episode"],
                 **{k: report[k] for k in ("action_nll", "base_action_nll", "kl_per_episode") if k in report},
             }
+            if "code_dimensions" in report:
+                results[key]["active_code_dimensions"] = report["code_dimensions"]["active"]
+                results[key]["code_dimensions"] = report["code_dimensions"]["n_z"]
             if "code_probe" in report:
                 probe = report["code_probe"]
                 results[key]["code_probe"] = {"accuracy": probe["accuracy"], "majority": probe["majority"],
@@ -198,15 +201,17 @@ def _explained_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     if not rows:
         return []
     lines = ["| metacontroller | action NLL, base model alone | with the metacontroller | with supervised subgoal "
-             "controllers | KL rate, nats / episode |", "|---|---|---|---|---|"]
+             "controllers | KL rate, nats / episode | active code dimensions |", "|---|---|---|---|---|---|"]
     for key, s in rows:
         name = METACONTROLLER_NAMES[key]
+        active = f"{s['active_code_dimensions']} of {s['code_dimensions']}" if "active_code_dimensions" in s else "-"
         lines.append(f"| {name} | {_fmt(s['base_action_nll'])} | {_fmt(s['action_nll'])} "
-                     f"| {_fmt(s.get('supervised_subgoal_nll'))} | {_fmt(s['kl_per_episode'], 2)} |")
+                     f"| {_fmt(s.get('supervised_subgoal_nll'))} | {_fmt(s['kl_per_episode'], 2)} | {active} |")
     return lines + ["", "Action NLL is per step on held-out episodes (the co-trained metacontroller's against its own "
                     "base model). The supervised controllers (the steering stage, "
                     "same layer, told the true subgoal) show what subgoal information is worth to this base model; "
-                    "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes.", ""]
+                    "a metacontroller with no NLL gain at a KL rate near 0 has collapsed to ignoring its codes. "
+                    "A code dimension is active when its variance across segments exceeds 0.01.", ""]
 
 
 def _code_probe_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
