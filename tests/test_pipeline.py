@@ -38,7 +38,7 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
         assert 0.0 <= m["final_success"] <= 1.0
         assert "episodes_to_90" in m and m["env_steps"] > 0
     assert "switching_cotrained" in results and "| co-trained with the base model |" in text
-    assert len(results["pretrain"]["by_target"]) == 6 and "| target position | 0 | 1 | 2 | 3 | 4 | 5 |" in text
+    assert len(results["pretrain"]["held_out"]["by_target"]) == 6 and "| target position | 0 | 1 | 2 | 3 | 4 | 5 |" in text
     assert "switching_compile" in results and "| CompILE |" in text
     assert (out / "metacontroller-cotrained" / "base_model" / "model.safetensors").is_file()
     assert set(results["switching"]) >= {"f1", "colour_f1", "nmi", "action_nll", "base_action_nll", "kl_per_episode",

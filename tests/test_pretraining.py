@@ -17,7 +17,6 @@ from internal_rl.models.base_model import BaseModel, BaseModelConfig, load_base_
 from internal_rl.models.pretraining import (
     FreeRunningGrid,
     PretrainConfig,
-    evaluate_by_target,
     evaluate_held_out,
     evaluate_rollouts,
     expert_action_probabilities,
@@ -162,20 +161,21 @@ def test_target_indices_count_the_task_position():
 
 
 def test_evaluation_by_target_position(dataset):
-    """Grouped by target position, the steps and the expert's ceiling add up to the whole held-out set's."""
+    """Grouped by target position, the steps, NLL, accuracy and the expert's ceiling add up to the whole's."""
     model = BaseModel(BaseModelConfig(transformer=TransformerConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64)))
     p = expert_action_probabilities(dataset, GridWorldConfig())
-    groups = evaluate_by_target(model.eval(), dataset, p)
+    overall = evaluate_held_out(model.eval(), dataset, p)
+    groups = overall["by_target"]
     assert [g["target_index"] for g in groups] == list(range(6))  # the pretraining tasks have 6 colours
     steps = np.array([g["steps"] for g in groups])
-    assert steps.sum() == dataset.num_steps
-    ceiling = sum(g["accuracy_ceiling"] * g["steps"] for g in groups) / steps.sum()
-    assert ceiling == pytest.approx(expert_noise_level(p)["accuracy_ceiling"])
-    overall = evaluate_held_out(model, dataset)
-    nll = sum(g["action_nll"] * g["steps"] for g in groups) / steps.sum()
-    assert nll == pytest.approx(overall["action_nll"], rel=1e-4)
-    accuracy = sum(g["action_accuracy"] * g["steps"] for g in groups) / steps.sum()
-    assert accuracy == pytest.approx(overall["action_accuracy"], rel=1e-4)
+    assert steps.sum() == overall["steps"] == dataset.num_steps
+    for key, whole in (("accuracy_ceiling", expert_noise_level(p)["accuracy_ceiling"]),
+                       ("action_nll", overall["action_nll"]), ("action_accuracy", overall["action_accuracy"])):
+        assert sum(g[key] * g["steps"] for g in groups) / steps.sum() == pytest.approx(whole)
+    # The per-step evaluation agrees with the training loss's batch means.
+    _, metrics = model.loss(dataset.batch(np.arange(dataset.num_episodes)))
+    for key in ("action_nll", "obs_nll", "action_accuracy"):
+        assert overall[key] == pytest.approx(metrics[key], rel=1e-4)
 
 
 def test_task_validity_and_subgoal_counting():

@@ -332,18 +332,47 @@ def train_base_model(
 
 
 @torch.no_grad()
-def evaluate_held_out(model: BaseModel, dataset: TrajectoryDataset, batch_size: int = 256) -> dict[str, float]:
-    """Next-action accuracy (most likely action) and NLL per step, and next-observation NLL, on `dataset`."""
-    totals = {"action_nll": 0.0, "obs_nll": 0.0, "action_accuracy": 0.0}
-    n_steps = 0
+@torch.no_grad()
+def evaluate_held_out(
+    model: BaseModel, dataset: TrajectoryDataset, expert_probabilities: np.ndarray | None = None, batch_size: int = 256
+) -> dict[str, Any]:
+    """Next-action accuracy (most likely action; categorical heads) and NLL per step, and next-observation
+    NLL, on `dataset`: overall, and in `by_target` grouped by the target's position in the task (entry k:
+    the steps heading to the task's k-th colour), with the expert's accuracy ceiling there when its action
+    probabilities (`expert_action_probabilities`, same step order) are given.
+
+    In the grid world a subgoal is a colour pair: even positions are a pair's first colour, which the
+    model must infer from the task's history, odd ones its second, which follows from the colour just
+    visited. Whether a model has learned the subgoals shows in the odd positions first.
+    """
+    per_step: dict[str, list[np.ndarray]] = {"action_nll": [], "obs_nll": [], "correct": []}
     for start in range(0, dataset.num_episodes, batch_size):
         batch = dataset.batch(np.arange(start, min(start + batch_size, dataset.num_episodes)), module_device(model))
-        _, metrics = model.loss(batch)
-        steps = int(batch["mask"].sum())
-        for key in totals:
-            totals[key] += metrics.get(key, float("nan")) * steps
-        n_steps += steps
-    return {**{k: v / n_steps for k, v in totals.items()}, "episodes": dataset.num_episodes, "steps": n_steps}
+        out = model(batch["observations"])
+        mask = batch["mask"]
+        per_step["action_nll"].append(model.action_nll(out.action_params, batch["actions"])[mask].double().cpu().numpy())
+        per_step["obs_nll"].append(model.obs_head.nll(out.obs_params, batch["next_observations"])[mask].double().cpu().numpy())
+        if model.config.action_head == "categorical":
+            per_step["correct"].append((out.action_params.argmax(-1) == batch["actions"])[mask].cpu().numpy())
+    steps = {name: np.concatenate(values) for name, values in per_step.items() if values}
+
+    def summary(at: np.ndarray | slice) -> dict[str, float]:
+        return {"action_nll": float(steps["action_nll"][at].mean()), "obs_nll": float(steps["obs_nll"][at].mean()),
+                "action_accuracy": float(steps["correct"][at].mean()) if "correct" in steps else float("nan")}
+
+    arrays = dataset.arrays
+    lengths = arrays["episode_lengths"][dataset.episode_ids]
+    step_index = np.concatenate([np.arange(s, s + n) for s, n in zip(arrays["episode_starts"][dataset.episode_ids], lengths)])
+    position = target_indices(arrays["targets"][step_index], lengths)
+    ceiling = expert_probabilities.max(-1) if expert_probabilities is not None else None
+    by_target = []
+    for k in range(int(position.max()) + 1):
+        at = position == k
+        group = {"target_index": k, "steps": int(at.sum()), **summary(at)}
+        if ceiling is not None:
+            group["accuracy_ceiling"] = float(ceiling[at].mean())
+        by_target.append(group)
+    return {**summary(slice(None)), "episodes": dataset.num_episodes, "steps": len(position), "by_target": by_target}
 
 
 def target_indices(targets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -360,46 +389,6 @@ def target_indices(targets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     changed[starts] = 0
     count = np.cumsum(changed)
     return count - np.repeat(count[starts], lengths)
-
-
-@torch.no_grad()
-def evaluate_by_target(
-    model: BaseModel, dataset: TrajectoryDataset, expert_probabilities: np.ndarray | None = None, batch_size: int = 256
-) -> list[dict[str, float]]:
-    """Held-out action NLL and accuracy grouped by the target's position in the task (entry k: the steps
-    heading to the task's k-th colour), with the expert's accuracy ceiling there when its action
-    probabilities (`expert_action_probabilities`, same step order) are given.
-
-    In the grid world a subgoal is a colour pair: even positions are a pair's first colour, which the
-    model must infer from the task's history, odd ones its second, which follows from the colour just
-    visited. Whether a model has learned the subgoals shows in the odd positions first.
-    """
-    arrays = dataset.arrays
-    ids = dataset.episode_ids
-    lengths = arrays["episode_lengths"][ids]
-    step_index = np.concatenate([np.arange(s, s + n) for s, n in zip(arrays["episode_starts"][ids], lengths)])
-    position = target_indices(arrays["targets"][step_index], lengths)
-    nll, correct = [], []
-    for start in range(0, dataset.num_episodes, batch_size):
-        batch = dataset.batch(np.arange(start, min(start + batch_size, dataset.num_episodes)), module_device(model))
-        params = model(batch["observations"]).action_params
-        mask = batch["mask"]
-        nll.append(model.action_nll(params, batch["actions"])[mask].float().cpu().numpy())
-        if model.config.action_head == "categorical":
-            correct.append((params.argmax(-1) == batch["actions"])[mask].cpu().numpy())
-    nll_steps = np.concatenate(nll)
-    correct_steps = np.concatenate(correct) if correct else None
-    ceiling = expert_probabilities.max(-1) if expert_probabilities is not None else None
-    groups = []
-    for k in range(int(position.max()) + 1):
-        at = position == k
-        group = {"target_index": k, "steps": int(at.sum()), "action_nll": float(nll_steps[at].mean())}
-        if correct_steps is not None:
-            group["action_accuracy"] = float(correct_steps[at].mean())
-        if ceiling is not None:
-            group["accuracy_ceiling"] = float(ceiling[at].mean())
-        groups.append(group)
-    return groups
 
 
 def expert_action_probabilities(dataset: TrajectoryDataset, env_config: Any, epsilon: float = 0.0) -> np.ndarray:
@@ -569,13 +558,13 @@ def evaluate_base_model(
     model: BaseModel, held_out: TrajectoryDataset, *, rollouts: int = 256, seed: int = 0
 ) -> dict[str, Any]:
     """Everything in eval.json: held-out metrics, the expert's noise level, and (grid world) rollouts."""
-    result: dict[str, Any] = {"held_out": evaluate_held_out(model, held_out)}
     env_config = None
     if held_out.manifest.get("env") == "gridworld":
         from internal_rl.data.generate import env_config_from_manifest
 
         env_config = env_config_from_manifest(held_out.manifest)
     if env_config is None:
+        result: dict[str, Any] = {"held_out": evaluate_held_out(model, held_out)}
         result["expert"] = "not computed: only the grid-world expert is known in closed form"
         # Free rollouts score the grid world's colour pairs; for a pinpad env the uncontrolled baseline of
         # the steering stage (the base model acting alone on single colours and whole tasks) plays that role.
@@ -583,8 +572,8 @@ def evaluate_base_model(
         return result
     epsilon = float(held_out.manifest.get("expert_epsilon", 0.0))
     expert_probabilities = expert_action_probabilities(held_out, env_config, epsilon)
-    result["expert"] = expert_noise_level(expert_probabilities, epsilon)
-    result["by_target"] = evaluate_by_target(model, held_out, expert_probabilities)
+    result = {"held_out": evaluate_held_out(model, held_out, expert_probabilities),
+              "expert": expert_noise_level(expert_probabilities, epsilon)}
     if rollouts > 0:
         result["rollouts"] = evaluate_rollouts(model, env_config, episodes=rollouts, seed=seed)
     return result

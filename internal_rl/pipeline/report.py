@@ -287,8 +287,8 @@ def write_report(run: Path) -> Path:
                   "|---|---|---|---|",
                   f"| {_fmt(held.get('action_accuracy'))} | {_fmt(expert.get('accuracy_ceiling'))} "
                   f"| {_fmt(held.get('action_nll'))} | {_fmt(held.get('obs_nll'))} |", ""]
-        by_target = pretrain.get("by_target")
-        if by_target:
+        by_target = held.get("by_target")
+        if by_target and "accuracy_ceiling" in by_target[0]:
             lines += ["Held-out next-action accuracy by the target's position in the task (grid world: even positions "
                       "are a colour pair's first colour, inferred from the task's history; odd ones its second, "
                       "which follows from the colour just visited):", "",
