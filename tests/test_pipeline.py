@@ -10,6 +10,7 @@ from internal_rl.rl.training import METHODS
 TINY = dataclasses.replace(
     reproduce_preset("quick"),
     episodes=96,
+    clean_episodes=96,
     pretrain_steps=20,
     probe_steps=20,
     steer_steps=10,

@@ -75,16 +75,18 @@ class ReproducePreset:
 
 
 _GRID_PRESETS: dict[str, ReproducePreset] = {
-    # Fits 2 CPU cores in about 15 minutes; shows the pipeline's effects at small scale.
+    # About 25 minutes on 2 CPU cores: a budget at which the base model learns the subgoal (the plateau it
+    # leaves is described in models/pretraining.py) and the metacontroller, with the "long" schedule, finds
+    # switches near the subgoal changes. The controllers and the metacontroller train on D*, the noiseless
+    # expert's data (paper App. C.4.4). Measured figures: docs/results.md.
     "quick": ReproducePreset(
-        episodes=50_000, pretrain="quick", probe="quick", steer="quick", metacontroller="quick", rl="quick", seeds=2
+        episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="long", rl="quick", seeds=2,
+        clean_episodes=50_000,
     ),
-    # The quick model trained 5x longer on 4x the data, and the metacontroller's "long" schedule (about 85
-    # minutes on 2 CPU cores, 27 of them raw-action RL and 12 the co-training baseline): the smallest budget
-    # measured here at which the base model holds the subgoal in its residual stream and the metacontroller
-    # switches at subgoal changes (docs/results.md). The controllers
-    # and the metacontroller train on D*, the noiseless expert's data: switch F1 1.00 against 0.97-0.99 on D.
-    # (On the quick base model D* made the quick schedule hold one segment: F1 0.005 against 0.41.)
+    # The quick model trained nearly twice as long, and all the RL methods (about 95 minutes on 2 CPU cores,
+    # 27 of them raw-action RL and 12 the co-training baseline): the base model holds the subgoal in its
+    # residual stream from mid-depth on, and the metacontroller switches at the subgoal changes
+    # (docs/results.md): switch F1 1.00 on D* against 0.97-0.99 on D.
     # RL runs on the unseen composition 0-1-2-3, whose chance success (about 0.04) gives every method a
     # signal; on the 12-colour post-training task every method's return stays 0 at this scale.
     "long": ReproducePreset(
