@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 from internal_rl.cli import main
+from internal_rl.common.config import config_to_dict
 from internal_rl.pipeline.reproduce import reproduce, reproduce_preset
 from internal_rl.rl.training import METHODS
 
@@ -70,6 +71,15 @@ def test_reproduce_refuses_another_preset_on_the_same_folder(tmp_path, capsys):
     assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "quick"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--preset full" in err
+
+
+def test_reproduce_refuses_a_folder_started_with_other_budgets(tmp_path, capsys):
+    config = config_to_dict(reproduce_preset("quick"))
+    config["episodes"] = 50_000  # the folder of an older, smaller quick preset
+    (tmp_path / "reproduce.json").write_text(json.dumps({"env": "gridworld", "preset": "quick", "config": config}))
+    assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "(episodes)" in err and not (tmp_path / "stages").exists()
 
 
 def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):

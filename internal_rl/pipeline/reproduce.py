@@ -306,6 +306,15 @@ def reproduce(
                 f"{out} was started as `reproduce {previous.get('env')} --preset {previous.get('preset')}`; "
                 f"continue it with those arguments or choose another --out"
             )
+        # A preset whose budgets changed since (e.g. an older version's) would mix stale and new stages.
+        config = record["config"]
+        before = previous.get("config", config)
+        changed = sorted(k for k in config.keys() | before.keys() if before.get(k) != config.get(k))
+        if changed:
+            raise ConfigError(
+                f"{out} was started with other settings of `--preset {preset_name}` ({', '.join(changed)}); "
+                f"choose another --out, or delete the folder to start again"
+            )
     out.mkdir(parents=True, exist_ok=True)
     save_json(record_path, record)
     stages = pipeline_stages(env, preset, show_progress, device)
