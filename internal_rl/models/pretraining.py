@@ -78,7 +78,7 @@ class PretrainConfig:
 # Quick: a budget at which the base model learns the subgoal, on a 200,000-episode dataset (about 10
 # minutes with evaluation on 2 CPU cores). Held-out action NLL sits on a plateau near 0.5 until the model
 # starts to remember the colour it last stepped on, after which a pair's second colour is predicted better
-# than its first (accuracy 0.82 against 0.76 at 8,000 steps). That happens between steps 3,700 and 6,500
+# than its first (accuracy 0.82 against 0.76 at 8,000 steps). That happens between steps 4,000 and 6,500
 # in the runs measured, so 6,000 steps are not always enough, and 3,000 steps on 50,000 episodes never
 # were (docs/results.md). Depth stays 6 so that mid-depth analysis means what it does in the paper;
 # width, heads and MLP are halved. A higher learning rate with warmup and cosine decay, gradient clipping
