@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run the whole pipeline (resumable), ending in DIR/report.md")
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"])
     p.add_argument("--out", required=True, help="run folder (an existing one is continued)")
-    p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~25 min, point-pinpad ~18 min, ant-pinpad ~28 min), long (grid, ~95 min) or full (the paper's budgets)")
+    p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~50 min, point-pinpad ~18 min, ant-pinpad ~28 min), long (grid, ~95 min) or full (the paper's budgets)")
     _add_device_option(p)
     p.set_defaults(func=_reproduce)
 

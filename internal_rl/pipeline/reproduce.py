@@ -75,18 +75,19 @@ class ReproducePreset:
 
 
 _GRID_PRESETS: dict[str, ReproducePreset] = {
-    # About 25 minutes on 2 CPU cores: a budget at which the base model learns the subgoal (the plateau it
-    # leaves is described in models/pretraining.py) and the metacontroller, with the "long" schedule, finds
-    # switches near the subgoal changes. The controllers and the metacontroller train on D*, the noiseless
-    # expert's data (paper App. C.4.4). Measured figures: docs/results.md.
+    # About 50 minutes on 2 cores of an AMD EPYC: a budget at which the base model learns the subgoal (the
+    # plateau it leaves is described in models/pretraining.py) and the metacontroller, with the "long"
+    # schedule, switches where the subgoals change. The controllers and the metacontroller train on D*, the
+    # noiseless expert's data (paper App. C.4.4). Measured figures: docs/results.md.
     "quick": ReproducePreset(
         episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="long", rl="quick", seeds=2,
         clean_episodes=50_000,
     ),
-    # The quick model trained nearly twice as long, and all the RL methods (about 95 minutes on 2 CPU cores,
-    # 27 of them raw-action RL and 12 the co-training baseline): the base model holds the subgoal in its
-    # residual stream from mid-depth on, and the metacontroller switches at the subgoal changes
-    # (docs/results.md): switch F1 1.00 on D* against 0.97-0.99 on D.
+    # The quick model trained 15,000 steps instead of 12,000, steering trained 300 steps instead of 100, and
+    # all the RL methods (about 95 minutes on 2 CPU cores, 27 of them raw-action RL and 12 the co-training
+    # baseline): the base model holds the subgoal in its residual stream from mid-depth on, and the
+    # metacontroller switches at the subgoal changes (docs/results.md): switch F1 1.00 on D* against
+    # 0.97-0.99 on D.
     # RL runs on the unseen composition 0-1-2-3, whose chance success (about 0.04) gives every method a
     # signal; on the 12-colour post-training task every method's return stays 0 at this scale.
     "long": ReproducePreset(
