@@ -5,7 +5,7 @@ import json
 
 from internal_rl.cli import main
 from internal_rl.common.config import config_to_dict
-from internal_rl.pipeline.reproduce import reproduce, reproduce_preset
+from internal_rl.pipeline.reproduce import reproduce, reproduce_preset, stage_presets
 from internal_rl.rl.training import METHODS
 
 TINY = dataclasses.replace(
@@ -76,10 +76,26 @@ def test_reproduce_refuses_another_preset_on_the_same_folder(tmp_path, capsys):
 def test_reproduce_refuses_a_folder_started_with_other_budgets(tmp_path, capsys):
     config = config_to_dict(reproduce_preset("quick"))
     config["episodes"] = 50_000  # the folder of an older, smaller quick preset
-    (tmp_path / "reproduce.json").write_text(json.dumps({"env": "gridworld", "preset": "quick", "config": config}))
+    record = {"env": "gridworld", "preset": "quick", "config": config,
+              "stage_presets": stage_presets(reproduce_preset("quick"))}
+    (tmp_path / "reproduce.json").write_text(json.dumps(record))
     assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "quick"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "(episodes)" in err and not (tmp_path / "stages").exists()
+
+
+def test_reproduce_refuses_a_folder_whose_stage_presets_changed(tmp_path, capsys):
+    # Same reproduce settings, but the pretraining preset they name trained fewer steps then.
+    preset = reproduce_preset("quick")
+    stages = stage_presets(preset)
+    stages["pretrain"]["steps"] = 8000
+    for folder, record in ((tmp_path / "older", {"stage_presets": stages}), (tmp_path / "unrecorded", {})):
+        folder.mkdir()
+        record.update(env="gridworld", preset="quick", config=config_to_dict(preset))
+        (folder / "reproduce.json").write_text(json.dumps(record))
+        assert main(["reproduce", "gridworld", "--out", str(folder), "--preset", "quick"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the pretrain preset" in err and not (folder / "stages").exists()
 
 
 def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):

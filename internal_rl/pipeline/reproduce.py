@@ -126,6 +126,24 @@ ENV_PRESETS: dict[str, dict[str, ReproducePreset]] = {
 PRESETS = _GRID_PRESETS  # the grid world's, under the name earlier callers used
 
 
+def stage_presets(preset: ReproducePreset) -> dict[str, Any]:
+    """The settings of the stage presets that `preset` names, as JSON: what a resumed run must still match
+    (a preset's step count can change between versions while its name stays)."""
+    from internal_rl.analysis.probes import probe_preset
+    from internal_rl.analysis.steering import steer_preset
+    from internal_rl.metacontroller.training import preset as metacontroller_preset
+    from internal_rl.models.pretraining import pretrain_preset
+    from internal_rl.rl.training import PRESETS as RL_PRESETS
+
+    return {
+        "pretrain": config_to_dict(pretrain_preset(preset.pretrain)),
+        "probe": config_to_dict(probe_preset(preset.probe)),
+        "steer": config_to_dict(steer_preset(preset.steer)),
+        "metacontroller": config_to_dict(metacontroller_preset(preset.metacontroller)),
+        "rl": config_to_dict(RL_PRESETS[preset.rl]),
+    }
+
+
 def reproduce_preset(name: str, env: str = "gridworld") -> ReproducePreset:
     """The named preset of `env`'s pipeline; ConfigError listing the valid names otherwise."""
     if env not in ENV_PRESETS:
@@ -298,7 +316,10 @@ def reproduce(
     device = resolve_device(device)
     out = Path(out)
     preset = preset or named
-    record = {"env": env, "preset": preset_name, "config": config_to_dict(preset), "device": describe_device(device)}
+    record = {
+        "env": env, "preset": preset_name, "config": config_to_dict(preset), "stage_presets": stage_presets(preset),
+        "device": describe_device(device),
+    }
     record_path = out / "reproduce.json"
     if record_path.is_file():
         previous = load_json(record_path)
@@ -308,9 +329,11 @@ def reproduce(
                 f"continue it with those arguments or choose another --out"
             )
         # A preset whose budgets changed since (e.g. an older version's) would mix stale and new stages.
-        config = record["config"]
-        before = previous.get("config", config)
+        config, before = record["config"], previous.get("config", record["config"])
         changed = sorted(k for k in config.keys() | before.keys() if before.get(k) != config.get(k))
+        before_stages = previous.get("stage_presets", {})  # absent: written by a version that did not record them
+        changed += [f"the {stage} preset" for stage, settings in record["stage_presets"].items()
+                    if before_stages.get(stage) != settings]
         if changed:
             raise ConfigError(
                 f"{out} was started with other settings of `--preset {preset_name}` ({', '.join(changed)}); "
