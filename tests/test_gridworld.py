@@ -377,3 +377,36 @@ def test_bad_reset_options_and_actions_are_refused() -> None:
         batched.reset_envs(np.array([True]))
     with pytest.raises(ConfigError, match="unknown autoreset_mode"):
         GridWorldVectorEnv(2, TINY, autoreset_mode="sometimes")
+
+
+def test_unseen_transition_tasks_are_the_posttraining_transitions():
+    from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions, unseen_transition_tasks
+
+    grid = unseen_transition_tasks(SPLITS["gridworld"], GRID_SUBGOAL_PAIRS)
+    assert grid == ((0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 6, 7), (6, 7, 0, 1))
+    # The post-training task uses exactly these transitions (paper App. A.1).
+    assert subgoal_transitions(SPLITS["gridworld"].posttrain, GRID_SUBGOAL_PAIRS) == {(0, 1), (1, 2), (2, 3), (3, 0)}
+    pinpad = unseen_transition_tasks(SPLITS["pinpad"], ((0,), (1,), (2,), (3,)))
+    assert pinpad == ((0, 1), (1, 2), (2, 3), (3, 0))
+
+
+def test_expert_success_is_the_ceiling_on_the_evaluation_layouts():
+    from internal_rl.envs.batched_gridworld import BatchedGridWorld
+    from internal_rl.envs.registry import expert_successes
+
+    config = GridWorldConfig()
+    tasks = [(0, 1, 2, 3)] * 512
+    success = expert_successes(config, 512, seed=7, tasks=tasks)
+    assert np.array_equal(success, expert_successes(config, 512, seed=7, tasks=tasks))
+    # Some layouts cannot be solved (a target walled in by walls and other colours), most can.
+    assert 0.8 < success.mean() < 1.0
+    # It scores the layouts that an evaluation with the same seed and tasks sees: a layout the expert fails
+    # has a target it cannot reach without crossing another colour or a wall.
+    env = BatchedGridWorld(config, 512)
+    env.reset(seed=7, tasks=tasks)
+    from internal_rl.envs.expert import distance_maps
+
+    dist = distance_maps(env.layouts, config)  # [N, C, G, G], -1 where unreachable
+    rows, cols = env.agent_pos[:, 0], env.agent_pos[:, 1]
+    reach_first = dist[np.arange(512), 0, rows, cols] >= 0
+    assert (~reach_first).any() and not success[~reach_first].any()

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import pytest
+
 from internal_rl.cli import main
 from internal_rl.common.config import config_to_dict
 from internal_rl.pipeline.reproduce import reproduce, reproduce_preset, stage_presets
@@ -39,6 +41,13 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
         assert m["task"] == list(TINY.task)
         assert 0.0 <= m["final_success"] <= 1.0
         assert "episodes_to_90" in m and m["env_steps"] > 0
+        assert 0.0 < m["expert_success"] <= 1.0
+        assert m["normalised_success"] == pytest.approx(m["final_success"] / m["expert_success"])
+    steering = results["steering"]
+    assert steering["controlled_layer"] == 3  # L/2 of the 6-layer quick model
+    for name in ("single", "override", "chained_post_training", "chained_pretraining"):
+        assert 0.0 < steering[name]["expert_success"] <= 1.0 and "normalised_success" in steering[name]
+    assert "| override |" in text
     assert "switching_cotrained" in results and "| co-trained with the base model |" in text
     assert len(results["pretrain"]["held_out"]["by_target"]) == 6 and "| target position | 0 | 1 | 2 | 3 | 4 | 5 |" in text
     assert "switching_compile" in results and "| CompILE |" in text

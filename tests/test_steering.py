@@ -93,10 +93,29 @@ def test_rollouts_are_seeded_and_bounded(dataset):
     with pytest.raises(ConfigError, match="both decoder and hook"):
         rollout_with_controllers(model, config, 2, decoder=decoder)
 
+    # Every episode ends in exactly one way: success, a wrong colour, or the horizon.
+    assert np.array_equal(a["success"].astype(int) + a["wrong_colour"] + a["timeout"], np.ones(6, dtype=int))
+
     result = evaluate_controllers(model, config, TINY, decoder=decoder, hook="blocks.0.hook_resid_post")
     assert len(result["single"]["per_subgoal"]) == 4
-    for key in ("single", "chained_posttrain", "chained_pretrain"):
-        assert 0.0 <= result[key]["success"] <= 1.0
+    for key in ("single", "override", "chained_posttrain", "chained_pretrain"):
+        row = result[key]
+        assert 0.0 <= row["success"] <= 1.0 and 0.0 < row["expert_success"] <= 1.0
+        assert row["normalised_success"] == pytest.approx(row["success"] / row["expert_success"])
+        assert row["success"] + row["wrong_colour"] + row["timeout"] == pytest.approx(1.0)
+    assert result["override"]["tasks"] == ["0-1-2-3", "2-3-4-5", "4-5-6-7", "6-7-0-1"]
+    assert 0.0 <= result["override"]["conditional"] <= 1.0
+
+
+def test_near_zero_temperature_samples_the_greedy_actions():
+    model = _model(n_layers=2)
+    kwargs = dict(tasks=[(0, 1, 2, 3)] * 8, seed=5)
+    greedy = rollout_with_controllers(model, GridWorldConfig(), 8, greedy=True, **kwargs)
+    cold = rollout_with_controllers(model, GridWorldConfig(), 8, temperature=1e-4, **kwargs)
+    for key in ("progress", "steps", "success"):
+        assert np.array_equal(greedy[key], cold[key])
+    with pytest.raises(ConfigError, match="temperature"):
+        SteeringConfig(temperature=0.0)
 
 
 def test_untrained_model_never_solves_the_posttraining_task():
@@ -113,7 +132,7 @@ def test_steer_layers_results_and_plot(dataset, tmp_path):
     results = steer_layers(model, dataset, GridWorldConfig(), hooks, TINY, show_progress=False)
     assert [r["layer"] for r in results["layers"]] == [1]
     assert results["best_single"]["hook"] == "blocks.0.hook_resid_post"
-    assert set(results["baseline"]) == {"single", "chained_posttrain", "chained_pretrain", "fit"}
+    assert set(results["baseline"]) == {"single", "override", "chained_posttrain", "chained_pretrain", "fit"}
     assert json.loads(json.dumps(results)) == results
     assert results["posttrain_task"] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]  # the env's, by default
     probes = {"layers": [{"layer": 0, "accuracy": 0.3}, {"layer": 1, "accuracy": 0.5}, {"layer": 2, "accuracy": 0.6}]}

@@ -20,8 +20,17 @@ the controlled model (as the paper's base model does):
   colour) is applied, switching to the next one as soon as the env's progress shows it completed.
   Success is the env's task success; run on the post-training task (grid: 0-1-2-3-4-5-6-7-0-1-2-3,
   pinpad: 0-1-2-3; only transitions never seen in pretraining) and on the pretraining tasks.
+- override: chained control on the two-subgoal tasks h-g whose transition h -> g no pretraining task
+  contains. Once h is done the base model's habit points elsewhere, so success after h is the
+  controller forcing a transition the model never saw (reported as `conditional`).
+
+Every evaluation also rolls the env's scripted expert (the grid world's noiseless one) on the same
+layouts and tasks: `expert_success` is that ceiling, since some layouts cannot be solved, and
+`normalised_success` is success / expert_success. Failures are split into `wrong_colour` (the episode
+ended on a colour that was not its target) and `timeout`.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -35,8 +44,8 @@ from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.logging import ScalarLogger
 from internal_rl.common.logging import progress as progress_bar
 from internal_rl.common.seeding import derive_seed
-from internal_rl.envs.registry import EnvSpec, make_batched_env, spec_of_config
-from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, Task
+from internal_rl.envs.registry import EnvSpec, expert_successes, make_batched_env, spec_of_config
+from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, Task, unseen_transition_tasks
 from internal_rl.models.controller import ControllerDecoder, apply_controller
 from internal_rl.models.hooks import layer_hook, validate_hook
 
@@ -47,6 +56,10 @@ SINGLE_DEFINITION = (
 CHAINED_DEFINITION = (
     "controller of the current ground-truth subgoal (the subgoal of the env's target colour), switched when the "
     "env's progress shows it completed; success = full task success"
+)
+OVERRIDE_DEFINITION = (
+    "chained control on each two-subgoal task h-g whose transition h -> g no pretraining task contains; "
+    "success = both done, conditional = success / episodes that completed h"
 )
 
 
@@ -64,6 +77,7 @@ class SteeringConfig:
     nll_episodes: int = 512  # held-out episodes scored for the NLL (at most)
     episodes: int = 1024  # rollout episodes per evaluation (single: split evenly over the subgoals)
     greedy: bool = False  # argmax actions instead of sampling
+    temperature: float = 1.0  # sampling temperature of a categorical action head (1: the model's own)
     n_subgoals: int = len(GRID_SUBGOAL_PAIRS)
     seed: int = 0
 
@@ -80,6 +94,8 @@ class SteeringConfig:
         check(self.episodes >= self.n_subgoals,
               f"SteeringConfig episodes={self.episodes}; expected >= n_subgoals ({self.n_subgoals})")
         check(self.n_subgoals >= 1, f"SteeringConfig n_subgoals={self.n_subgoals}; expected >= 1")
+        check(math.isfinite(self.temperature) and self.temperature > 0,
+              f"SteeringConfig temperature={self.temperature}; expected a finite value > 0")
 
 
 STEER_PRESETS: dict[str, SteeringConfig] = {
@@ -198,10 +214,18 @@ def _colour_to_subgoal(spec: EnvSpec, n_colours: int) -> np.ndarray:
     return np.maximum(spec.subgoal_table(n_colours), 0)
 
 
-def _next_actions(model: torch.nn.Module, action_params: Tensor, generator: torch.Generator, greedy: bool) -> Tensor:
-    """Actions for the single step of `action_params` [N,1,P]: sampled with `generator`, or the most likely
-    one (argmax of a categorical head, mean of a Gaussian); int64 [N] or float [N, action_dim]."""
+def _next_actions(
+    model: torch.nn.Module, action_params: Tensor, generator: torch.Generator, greedy: bool, temperature: float = 1.0
+) -> Tensor:
+    """Actions for the single step of `action_params` [N,1,P]: sampled with `generator` (a categorical head's
+    logits divided by `temperature`), or the most likely one (argmax of a categorical head, mean of a
+    Gaussian); int64 [N] or float [N, action_dim]."""
     params = action_params[:, 0]
+    if temperature != 1.0:
+        if model.config.action_head != "categorical":
+            raise ConfigError(f"temperature {temperature} needs a categorical action head, not "
+                              f"{model.config.action_head!r}; use greedy for the Gaussian's mean")
+        params = params / temperature
     if not greedy:
         return model.sample_actions(params, generator)
     if model.config.action_head == "categorical":
@@ -220,14 +244,15 @@ def rollout_with_controllers(
     hook: str | None = None,
     seed: int = 0,
     greedy: bool = False,
+    temperature: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Roll the frozen model out in `num_envs` envs of `env_config` with KV-cached stepping until all are done.
 
     With a `decoder`, the controller of each env's current ground-truth subgoal (the subgoal of its target
     colour) is applied at `hook` at every step, so controllers switch exactly when a subgoal is completed;
     without one the base model acts alone. `tasks` (one per env) defaults to sampling from
-    `env_config.tasks`. Returns numpy arrays [num_envs]: "success" (bool), "progress" (colours
-    completed), "steps".
+    `env_config.tasks`. Returns numpy arrays [num_envs]: "success", "wrong_colour" (ended on a colour
+    that was not its target), "timeout" (bool), "progress" (colours completed), "steps".
     """
     if (decoder is None) != (hook is None):
         raise ConfigError("rollout_with_controllers: give both decoder and hook, or neither")
@@ -246,11 +271,14 @@ def rollout_with_controllers(
             z = subgoal_codes(subgoal, decoder.n_z)[:, None, :]  # [N,1,K], matches the step's [N,1,d]
             interventions = {hook: controller_intervention(decoder, z)}
         out = model.step(torch.as_tensor(obs, dtype=torch.float32, device=device), state, interventions=interventions)
-        actions = _next_actions(model, out.action_params, generator, greedy)
+        actions = _next_actions(model, out.action_params, generator, greedy, temperature)
         obs, _, _, _, _ = env.step(actions.cpu().numpy())
     progress = np.asarray(env.progress).copy()
+    success = progress >= np.asarray(env.task_lengths)
     return {
-        "success": progress >= np.asarray(env.task_lengths),
+        "success": success,
+        "wrong_colour": np.asarray(env.terminated) & ~success,
+        "timeout": ~np.asarray(env.terminated),
         "progress": progress,
         "steps": np.asarray(env.t).copy(),
     }
@@ -265,32 +293,53 @@ def evaluate_controllers(
     hook: str | None = None,
     posttrain_task: Task | None = None,
 ) -> dict[str, dict]:
-    """Single-subgoal and chained success (module docstring) with the given controllers, or of the base
-    model alone when `decoder` is None. Rollout seeds do not depend on the hook, so layers are compared
-    on the same layouts (common random numbers). `posttrain_task` defaults to the env's (its task split)."""
+    """Single-subgoal, override and chained success (module docstring) with the given controllers, or of
+    the base model alone when `decoder` is None, each beside the expert's success on the same layouts.
+    Rollout seeds do not depend on the hook, so layers are compared on the same layouts (common random
+    numbers). `posttrain_task` defaults to the env's (its task split)."""
     spec = spec_of_config(env_config)
     posttrain_task = spec.posttrain_task if posttrain_task is None else posttrain_task
     K = config.n_subgoals
+
+    def run(tasks: Sequence[Task] | None, name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        seed = derive_seed(config.seed, name)
+        rollout = rollout_with_controllers(model, env_config, config.episodes if tasks is None else len(tasks),
+                                           tasks=tasks, decoder=decoder, hook=hook, seed=seed, greedy=config.greedy,
+                                           temperature=config.temperature)
+        return rollout, expert_successes(env_config, len(rollout["success"]), seed, tasks)
+
     per_goal = config.episodes // K
-    single_tasks = [spec.subgoal_tasks[g] for g in range(K) for _ in range(per_goal)]
-    single = rollout_with_controllers(model, env_config, len(single_tasks), tasks=single_tasks, decoder=decoder,
-                                      hook=hook, seed=derive_seed(config.seed, "single"), greedy=config.greedy)
+    single, single_expert = run([spec.subgoal_tasks[g] for g in range(K) for _ in range(per_goal)], "single")
     per_subgoal = single["success"].reshape(K, per_goal).mean(1)
-    post = rollout_with_controllers(model, env_config, config.episodes, tasks=[posttrain_task] * config.episodes,
-                                    decoder=decoder, hook=hook, seed=derive_seed(config.seed, "posttrain"),
-                                    greedy=config.greedy)
-    pre = rollout_with_controllers(model, env_config, config.episodes, decoder=decoder, hook=hook,
-                                   seed=derive_seed(config.seed, "pretrain"), greedy=config.greedy)
+    unseen = unseen_transition_tasks(SPLITS[spec.split], spec.subgoal_tasks)
+    per_task = max(1, config.episodes // len(unseen))
+    override, override_expert = run([task for task in unseen for _ in range(per_task)], "override")
+    first = override["progress"] >= spec.colours_per_subgoal
+    post, post_expert = run([posttrain_task] * config.episodes, "posttrain")
+    pre, pre_expert = run(None, "pretrain")
+    override_summary = _rollout_summary(override, override_expert, spec.colours_per_subgoal)
+    override_summary["first"] = float(first.mean())
+    override_summary["conditional"] = float(override["success"].sum() / max(first.sum(), 1))
+    override_summary["tasks"] = ["-".join(map(str, task)) for task in unseen]
     return {
-        "single": {"success": float(single["success"].mean()), "per_subgoal": [float(v) for v in per_subgoal]},
-        "chained_posttrain": _chained_summary(post, spec.colours_per_subgoal),
-        "chained_pretrain": _chained_summary(pre, spec.colours_per_subgoal),
+        "single": {**_rollout_summary(single, single_expert, spec.colours_per_subgoal),
+                   "per_subgoal": [float(v) for v in per_subgoal]},
+        "override": override_summary,
+        "chained_posttrain": _rollout_summary(post, post_expert, spec.colours_per_subgoal),
+        "chained_pretrain": _rollout_summary(pre, pre_expert, spec.colours_per_subgoal),
     }
 
 
-def _chained_summary(rollout: Mapping[str, np.ndarray], colours_per_subgoal: int) -> dict[str, float]:
+def _rollout_summary(
+    rollout: Mapping[str, np.ndarray], expert_success: np.ndarray, colours_per_subgoal: int
+) -> dict[str, float]:
+    success, expert = float(rollout["success"].mean()), float(expert_success.mean())
     return {
-        "success": float(rollout["success"].mean()),
+        "success": success,
+        "expert_success": expert,
+        "normalised_success": success / expert if expert > 0 else float("nan"),
+        "wrong_colour": float(rollout["wrong_colour"].mean()),
+        "timeout": float(rollout["timeout"].mean()),
         "mean_subgoals_completed": float((rollout["progress"] // colours_per_subgoal).mean()),
         "mean_steps": float(rollout["steps"].mean()),
     }

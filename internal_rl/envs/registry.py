@@ -53,7 +53,8 @@ class EnvSpec:
     # successful episodes with the env config they were rolled out in (`pinpad_expert.ExpertEpisodes`);
     # None: the grid world's chunked generator in data/generate.py.
     expert: Callable[[Any, Sequence[Task] | None, int, int, bool, bool], "ExpertEpisodes"] | None = None
-    # expert_actor(config) -> act(batched_env, rng) -> sampled actions: the expert as a policy (videos).
+    # expert_actor(config) -> act(batched_env, rng) -> actions: the expert as a policy (videos, and the
+    # ceiling that success rates are normalised by); the grid world's is the noiseless expert of D*.
     expert_actor: Callable[[Any], Callable[[Any, np.random.Generator], np.ndarray]] | None = None
 
     @property
@@ -107,6 +108,12 @@ def _point_expert(
     return ExpertEpisodes(arrays, env_config, "PointExpert", config_to_dict(expert))
 
 
+def _grid_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.ndarray]:
+    from internal_rl.envs.expert import GridExpert
+
+    return GridExpert(config, noiseless=True).act
+
+
 def _point_expert_actor(config: Any) -> Callable[[Any, np.random.Generator], np.ndarray]:
     from internal_rl.envs.pinpad_expert import PointExpert
 
@@ -135,7 +142,7 @@ ENVS: dict[str, EnvSpec] = {
     "gridworld": EnvSpec(
         "gridworld", "internal_rl.envs.gridworld:GridWorldConfig",
         "internal_rl.envs.batched_gridworld:BatchedGridWorld", "gridworld", GRID_SUBGOAL_PAIRS,
-        gym_id="internal_rl/GridWorld-v0",
+        gym_id="internal_rl/GridWorld-v0", expert_actor=_grid_expert_actor,
     ),
     "point-pinpad": EnvSpec(
         "point-pinpad", "internal_rl.envs.point_pinpad:PointPinpadConfig",
@@ -169,3 +176,22 @@ def spec_of_config(config: Any) -> EnvSpec:
 def make_batched_env(config: Any, num_envs: int) -> Any:
     """The batched env for an env config of any registered environment."""
     return spec_of_config(config).make_batched(config, num_envs)
+
+
+def expert_successes(config: Any, num_envs: int, seed: int, tasks: Sequence[Task] | None = None) -> np.ndarray:
+    """Whether the env's scripted expert (`EnvSpec.expert_actor`) succeeds, bool [num_envs], on the episodes
+    that `make_batched_env(config, num_envs).reset(seed=seed, tasks=tasks)` starts: the same layouts an
+    evaluation with that seed and those tasks sees, so its success rate can be normalised by this ceiling
+    (some grid layouts cannot be solved at all)."""
+    spec = spec_of_config(config)
+    if spec.expert_actor is None:
+        raise ConfigError(f"{spec.name} has no scripted expert to measure its success ceiling")
+    env = make_batched_env(config, num_envs)
+    env.reset(seed=seed, tasks=tasks)
+    act = spec.expert_actor(env.config)
+    rng = np.random.default_rng(seed)  # the expert's own draws, apart from the env's layout stream
+    for _ in range(env.config.horizon):
+        if env.done.all():
+            break
+        env.step(act(env, rng))
+    return np.asarray(env.progress) >= np.asarray(env.task_lengths)

@@ -49,6 +49,30 @@ SPLITS: dict[str, TaskSplit] = {
 }
 
 
+def subgoal_transitions(tasks: Sequence[Task], subgoals: Sequence[Task]) -> set[tuple[int, int]]:
+    """The (h, g) subgoal transitions that occur in `tasks`, each task read as consecutive subgoals of
+    `subgoals` (e.g. grid colour pairs); a task that is not such a sequence raises ConfigError."""
+    index = {tuple(sub): k for k, sub in enumerate(subgoals)}
+    width = len(subgoals[0])
+    seen = set()
+    for task in tasks:
+        chunks = [tuple(task[i:i + width]) for i in range(0, len(task), width)]
+        if any(chunk not in index for chunk in chunks):
+            raise ConfigError(f"task {'-'.join(map(str, task))} is not a sequence of subgoals {list(subgoals)}")
+        seen.update((index[a], index[b]) for a, b in zip(chunks, chunks[1:]))
+    return seen
+
+
+def unseen_transition_tasks(split: TaskSplit, subgoals: Sequence[Task]) -> tuple[Task, ...]:
+    """Two-subgoal tasks h-g, one per ordered pair h != g whose transition h -> g no pretraining task of
+    `split` contains: the transitions a controller must force against the base model's habits."""
+    seen = subgoal_transitions(split.pretrain, subgoals)
+    return tuple(
+        tuple(subgoals[h]) + tuple(subgoals[g])
+        for h in range(len(subgoals)) for g in range(len(subgoals)) if h != g and (h, g) not in seen
+    )
+
+
 def parse_task(text: str) -> Task:
     """Parse '0-1-2-3' into (0, 1, 2, 3), with a clear error for anything else."""
     try:

@@ -61,12 +61,18 @@ def rl_summary(run: Path) -> dict[str, Any]:
             continue
         final = [s["final_eval"]["success_rate"] for s in seeds]
         initial = [s["initial_eval"]["success_rate"] for s in seeds]
+        # The expert's success on the same held-out layouts (absent from results written before it was kept).
+        experts = [s["expert_eval"]["success_rate"] for s in seeds if "expert_eval" in s]
+        expert = float(np.mean(experts)) if len(experts) == len(seeds) else None
         to_target = [_episodes_to(s["curve"], SUCCESS_TARGET) for s in seeds]
         methods[method_dir.name] = {
             "task": seeds[0]["task"],
             "final_success": float(np.mean(final)),
             "final_success_by_seed": final,
             "initial_success": float(np.mean(initial)),
+            "expert_success": expert,
+            "normalised_success": float(np.mean(final)) / expert if expert else None,
+            "initial_normalised_success": float(np.mean(initial)) / expert if expert else None,
             # Mean over seeds when every seed got there; null when any seed never did.
             "episodes_to_90": None if None in to_target else float(np.mean(to_target)),
             "episodes_to_90_by_seed": to_target,
@@ -77,6 +83,26 @@ def rl_summary(run: Path) -> dict[str, Any]:
             "rollout_episodes_per_second": float(np.mean([s["timing"]["rollout_episodes_per_second"] for s in seeds])),
         }
     return methods
+
+
+STEERING_EVALUATIONS = {"single": "single", "override": "override", "chained_post_training": "chained_posttrain",
+                        "chained_pretraining": "chained_pretrain"}
+
+
+def _controlled_layer_steering(steering: dict[str, Any]) -> dict[str, Any]:
+    """The supervised controllers at the controlled layer L/2, each evaluation with the expert's success on
+    the same layouts and the normalised rate; empty for steering results without L/2 or without ceilings."""
+    n_layers = steering.get("n_layers")
+    rows = [r for r in steering["layers"] if n_layers and r["layer"] == n_layers // 2 and "override" in r]
+    if not rows:
+        return {}
+    keys = ("success", "expert_success", "normalised_success", "wrong_colour", "timeout")
+    out: dict[str, Any] = {"controlled_layer": rows[0]["layer"]}
+    for name, key in STEERING_EVALUATIONS.items():
+        out[name] = {k: rows[0][key][k] for k in keys}
+        out[name]["uncontrolled"] = steering["baseline"][key]["success"]
+    out["override"]["conditional"] = rows[0]["override"]["conditional"]
+    return out
 
 
 def collect_results(run: Path) -> dict[str, Any]:
@@ -116,6 +142,7 @@ def collect_results(run: Path) -> dict[str, Any]:
             },
             "best_layer": steering.get("best_layer"),
             "chained_task": steering.get("posttrain_task"),
+            **_controlled_layer_steering(steering),
         }
     for key, name in SWITCHING_FILES.items():
         report = _load(run / name)
@@ -325,6 +352,15 @@ def write_report(run: Path) -> Path:
         lines += [f"| layer | single-subgoal success | chained, task {chained} |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v['single'])} | {_fmt(v['chained_posttrain'])} |" for k, v in steering["by_layer"].items()]
         lines += ["", f"Best steering layer: {steering.get('best_layer')}.", ""]
+        if "controlled_layer" in steering:
+            lines += [f"At the controlled layer {steering['controlled_layer']}, against the noiseless expert on the "
+                      "same layouts (override: the two-subgoal tasks whose transition pretraining never shows):", "",
+                      "| evaluation | success | expert | normalised | uncontrolled | wrong colour | timeout |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {name} | {_fmt(v['success'])} | {_fmt(v['expert_success'])} | "
+                      f"{_fmt(v['normalised_success'])} | {_fmt(v['uncontrolled'])} | {_fmt(v['wrong_colour'])} | "
+                      f"{_fmt(v['timeout'])} |" for name, v in ((n, steering[n]) for n in STEERING_EVALUATIONS)]
+            lines += [""]
         lines += _image(run, "steering.png", "steering success by layer")
     else:
         lines += ["_no steering results_", ""]
@@ -356,13 +392,17 @@ def write_report(run: Path) -> Path:
     tasks = sorted({"-".join(map(str, m["task"])) for m in methods.values() if m.get("task")})
     lines += [f"## RL on task {', '.join(tasks) or '(none)'} (sparse reward)", ""]
     if methods:
-        lines += ["| method | held-out success (start -> end) | episodes to 90% | episodes | low-level env steps | seeds |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| method | held-out success (start -> end) | expert on the same layouts | normalised (start -> end) "
+                  "| episodes to 90% | episodes | low-level env steps | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, m in methods.items():
             lines.append(f"| {METHOD_NAMES.get(name, name)} | {_fmt(m['initial_success'])} -> {_fmt(m['final_success'])} "
-                         f"| {_fmt(m['episodes_to_90'])} | {m['episodes']} | {m['env_steps']} | {m['seeds']} |")
+                         f"| {_fmt(m.get('expert_success'))} | {_fmt(m.get('initial_normalised_success'))} -> "
+                         f"{_fmt(m.get('normalised_success'))} | {_fmt(m['episodes_to_90'])} | {m['episodes']} "
+                         f"| {m['env_steps']} | {m['seeds']} |")
         lines += ["", "Paper target: internal RL >= 0.9 where raw-action RL stays near 0. Success is the mean over "
-                  "seeds; curves show the mean with a 95% interval.", ""]
+                  "seeds; normalised success divides it by the noiseless expert's on the same held-out layouts "
+                  "(some layouts cannot be solved); curves show the mean with a 95% interval.", ""]
         for name in figures:
             lines += _image(run, name, name)
     else:

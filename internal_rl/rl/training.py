@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,7 +37,7 @@ from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.envs.gridworld import GridWorldConfig
-from internal_rl.envs.registry import make_batched_env
+from internal_rl.envs.registry import expert_successes, make_batched_env
 from internal_rl.envs.tasks import Task, validate_task
 from internal_rl.metacontroller.compile import COMPILE_DIR
 from internal_rl.metacontroller.modules import (
@@ -307,6 +308,18 @@ def evaluate(collect: Collect, seed: int, episodes: int, batch_size: int) -> dic
     }
 
 
+def expert_ceiling(env_config: Any, seed: int, episodes: int, batch_size: int) -> float:
+    """The scripted expert's success rate on the layouts and tasks that `evaluate(collect, seed, episodes,
+    batch_size)` rolls out (both collectors reset the env with `derive_seed(batch seed, "layouts")`): the
+    ceiling every method's held-out success is normalised by, since some layouts cannot be solved."""
+    successes = [
+        expert_successes(env_config, min(batch_size, episodes - i * batch_size),
+                         derive_seed(derive_seed(seed, "eval", i), "layouts"))
+        for i in range(math.ceil(episodes / batch_size))
+    ]
+    return float(np.concatenate(successes).mean())
+
+
 def train_rl(
     method: str,
     base_model: BaseModel,
@@ -384,6 +397,7 @@ def train_rl(
         bar.set_postfix(success=f"{record['success_rate']:.3f}")
     final_eval = evaluate(collect, eval_seed, config.eval_episodes, eval_batch)
     seconds = time.perf_counter() - start
+    expert = expert_ceiling(env_config, eval_seed, config.eval_episodes, eval_batch)
     logger.log(episodes, eval_success_rate=final_eval["success_rate"])
     logger.close()
 
@@ -396,6 +410,7 @@ def train_rl(
         "device": describe_device(device),
         "initial_eval": initial_eval,
         "final_eval": final_eval,
+        "expert_eval": {"success_rate": expert, "episodes": config.eval_episodes},
         "episodes": episodes,
         "env_steps": env_steps,
         "curve": curve,
