@@ -236,6 +236,27 @@ def test_temporal_integration_equation():
         torch.testing.assert_close(out["z"][:, t], z_prev, atol=1e-5, rtol=1e-5)
 
 
+def test_hard_switch_holds_each_code_exactly_as_internal_rl_does():
+    """With the gate thresholded, z is z~ where the switching unit fires and the previous z elsewhere; the
+    causal switching step, fed the same held codes, gives the same gate (the internal-RL loop)."""
+    torch.manual_seed(0)
+    mc = Metacontroller(tiny_config())
+    with torch.no_grad():  # a gate that fires at some steps and not others
+        mc.switching_unit.out.weight.normal_(0, 2)
+        mc.switching_unit.out.bias.fill_(-3.0)
+    e, _, _ = _padded_batch()
+    out = mc(e, sample=False, hard_switch=True)
+    beta, z, z_tilde = out["beta"], out["z"], out["z_tilde"]
+    assert set(beta.unique().tolist()) == {0.0, 1.0}
+    expected = torch.where(beta[:, 1:, None] > 0, z_tilde[:, 1:], z[:, :-1])
+    torch.testing.assert_close(z[:, 1:], expected)
+    state, z_prev = mc.init_switch_state(3), torch.zeros(3, 4)
+    for t in range(7):
+        soft, state = mc.switch_step(e[:, t], state, z_prev)
+        torch.testing.assert_close((soft >= 0.5).float(), beta[:, t])
+        z_prev = z[:, t]
+
+
 def test_kl_zero_at_prior_and_matches_torch():
     mu, logvar = torch.zeros(5, 4), torch.zeros(5, 4)
     torch.testing.assert_close(kl_to_standard_normal(mu, logvar), torch.zeros(5))

@@ -252,7 +252,8 @@ def rollout_with_controllers(
     colour) is applied at `hook` at every step, so controllers switch exactly when a subgoal is completed;
     without one the base model acts alone. `tasks` (one per env) defaults to sampling from
     `env_config.tasks`. Returns numpy arrays [num_envs]: "success", "wrong_colour" (ended on a colour
-    that was not its target), "timeout" (bool), "progress" (colours completed), "steps".
+    that was not its target), "timeout" (bool), "progress" (colours completed), "steps", "last_colour"
+    (the last colour entered, -1 if none: the wrong one where "wrong_colour").
     """
     if (decoder is None) != (hook is None):
         raise ConfigError("rollout_with_controllers: give both decoder and hook, or neither")
@@ -262,6 +263,7 @@ def rollout_with_controllers(
     device = module_device(model)
     generator = torch.Generator().manual_seed(seed)
     colour_to_subgoal = _colour_to_subgoal(spec_of_config(env_config), env_config.n_colours)
+    last_visited = np.full(num_envs, -1, dtype=np.int64)
     for _ in range(env_config.horizon):
         if env.done.all():
             break
@@ -272,11 +274,13 @@ def rollout_with_controllers(
             interventions = {hook: controller_intervention(decoder, z)}
         out = model.step(torch.as_tensor(obs, dtype=torch.float32, device=device), state, interventions=interventions)
         actions = _next_actions(model, out.action_params, generator, greedy, temperature)
-        obs, _, _, _, _ = env.step(actions.cpu().numpy())
+        obs, _, _, _, info = env.step(actions.cpu().numpy())
+        last_visited = np.where(info["visited"] >= 0, info["visited"], last_visited)
     progress = np.asarray(env.progress).copy()
     success = progress >= np.asarray(env.task_lengths)
     return {
         "success": success,
+        "last_colour": last_visited,
         "wrong_colour": np.asarray(env.terminated) & ~success,
         "timeout": ~np.asarray(env.terminated),
         "progress": progress,
@@ -292,11 +296,13 @@ def evaluate_controllers(
     decoder: ControllerDecoder | None = None,
     hook: str | None = None,
     posttrain_task: Task | None = None,
+    on_rollout: Callable[[str, Sequence[Task] | None, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, dict]:
     """Single-subgoal, override and chained success (module docstring) with the given controllers, or of
     the base model alone when `decoder` is None, each beside the expert's success on the same layouts.
     Rollout seeds do not depend on the hook, so layers are compared on the same layouts (common random
-    numbers). `posttrain_task` defaults to the env's (its task split)."""
+    numbers). `posttrain_task` defaults to the env's (its task split). `on_rollout(name, tasks, rollout)`,
+    if given, sees each evaluation's rollout arrays (name: single, override, posttrain, pretrain)."""
     spec = spec_of_config(env_config)
     posttrain_task = spec.posttrain_task if posttrain_task is None else posttrain_task
     K = config.n_subgoals
@@ -306,6 +312,8 @@ def evaluate_controllers(
         rollout = rollout_with_controllers(model, env_config, config.episodes if tasks is None else len(tasks),
                                            tasks=tasks, decoder=decoder, hook=hook, seed=seed, greedy=config.greedy,
                                            temperature=config.temperature)
+        if on_rollout is not None:
+            on_rollout(name, tasks, rollout)
         return rollout, expert_successes(env_config, len(rollout["success"]), seed, tasks)
 
     per_goal = config.episodes // K

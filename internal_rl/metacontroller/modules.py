@@ -213,12 +213,15 @@ class Metacontroller(nn.Module):
         sample: bool = True,
         generator: torch.Generator | None = None,
         beta: Tensor | None = None,
+        hard_switch: bool = False,
     ) -> dict[str, Any]:
         """Run over a (padded) batch of residual-stream sequences.
 
         e [B,T,d]; mask [B,T] bool, True on real steps (None: all real; padding must be at the end).
         `sample` draws z~_t = mu_t + sigma_t eps (reparameterised); False uses z~_t = mu_t (analysis).
         `beta` [B,T] replaces the switching unit's gate (the `label_switches` diagnostic); it must be 1 at t = 0.
+        `hard_switch` thresholds the switching unit's gate at 0.5 inside the recurrence, as internal RL does
+        (a code is then held exactly until the next switch); training uses the soft gate.
         Returns z, z_tilde, mu, logvar [B,T,n_z], beta [B,T], kl_steps [B,T] (KL to the prior), s ([B,n_s], or
         [B,T,n_s] per step) and `controller`: ControllerParams with batch shape [B,T]. Values at padded steps
         are meaningless and must be masked by the caller.
@@ -245,7 +248,7 @@ class Metacontroller(nn.Module):
             beta = beta.to(z_tilde.dtype)
             z = self._hold(beta, z_tilde)
         else:
-            beta, z = self._integrate(self.switching_unit.context(x, h_prev), z_tilde)
+            beta, z = self._integrate(self.switching_unit.context(x, h_prev), z_tilde, hard_switch)
         return {
             "z": z,
             "z_tilde": z_tilde,
@@ -257,8 +260,9 @@ class Metacontroller(nn.Module):
             "controller": self.controller_decoder(z),
         }
 
-    def _integrate(self, context: Tensor, z_tilde: Tensor) -> tuple[Tensor, Tensor]:
-        """The causal loop z_t = beta_t z~_t + (1 - beta_t) z_{t-1}, beta_t from (context_t, z_{t-1})."""
+    def _integrate(self, context: Tensor, z_tilde: Tensor, hard: bool = False) -> tuple[Tensor, Tensor]:
+        """The causal loop z_t = beta_t z~_t + (1 - beta_t) z_{t-1}, beta_t from (context_t, z_{t-1}); with
+        `hard`, beta_t is H(beta_t - 0.5) (the internal-RL gate, BETA_THRESHOLD there)."""
         z_prev = z_tilde.new_zeros(z_tilde.shape[0], z_tilde.shape[-1])
         betas, zs = [], []
         for t in range(z_tilde.shape[1]):
@@ -266,6 +270,8 @@ class Metacontroller(nn.Module):
                 beta_t = z_tilde.new_ones(z_tilde.shape[0])  # the first step always opens a segment
             else:
                 beta_t = self.switching_unit.from_context(context[:, t], z_prev)  # [B]
+                if hard:
+                    beta_t = (beta_t >= 0.5).to(beta_t.dtype)
             z_prev = beta_t[:, None] * z_tilde[:, t] + (1.0 - beta_t[:, None]) * z_prev
             betas.append(beta_t)
             zs.append(z_prev)

@@ -1,0 +1,142 @@
+"""Why do the supervised subgoal controllers steer the base model so little? (a diagnostic)
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/steering_diagnostics.py --run RUN --steps 2000 --out OUT.json
+
+Fits (or, with `--steps 0`, loads the steering stage's) supervised controllers U_g at one hook of RUN's base
+model on the noiseless expert's data D* (RUN/data-clean, as `reproduce` does), then rolls them out
+(`analysis.steering.evaluate_controllers`: single subgoal, override of an unseen transition, chained on the
+post-training and the pretraining tasks) with sampled, temperature-0.5 and greedy low-level actions, each
+beside the uncontrolled base model and the noiseless expert on the same layouts. Every failed episode is
+then put in one of four classes by the colour that ended it, measured against the colour the episode was
+heading for:
+
+- another subgoal: the first colour of another pair, i.e. the model went for another subgoal (weak steering);
+- own pair reversed: the other colour of the pair it should be completing (order within the pair);
+- stray colour: the second colour of another pair, which no subgoal heads for first: a navigation slip;
+- timeout: no colour at all within the horizon.
+
+For the override tasks h-g the first class is split once h is done: the habitual successors of h (the
+pairs that follow h in some pretraining task) against any other pair. Prints one table and writes OUT.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from internal_rl.analysis.steering import SteeringConfig, evaluate_controllers, fit_subgoal_controllers, steer_preset
+from internal_rl.common.config import replace
+from internal_rl.common.errors import InternalRLError
+from internal_rl.data.dataset import load_dataset
+from internal_rl.data.generate import env_config_from_manifest
+from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
+from internal_rl.models.base_model import load_base_model
+from internal_rl.models.hooks import layer_hook
+from internal_rl.pipeline.run_steps import load_steering_decoder
+
+MODES = {"sampled": dict(greedy=False, temperature=1.0), "t0.5": dict(greedy=False, temperature=0.5),
+         "greedy": dict(greedy=True, temperature=1.0)}
+
+
+def failure_classes(rollout: dict[str, np.ndarray], tasks: np.ndarray) -> dict[str, float]:
+    """Fractions of all episodes in each failure class (module docstring); tasks int [N, L] (-1 padded)."""
+    n = len(rollout["success"])
+    heading = tasks[np.arange(n), np.minimum(rollout["progress"], tasks.shape[1] - 1)]  # the colour it was heading for
+    last = rollout["last_colour"]
+    wrong = rollout["wrong_colour"]
+    same_pair = (last // 2) == (heading // 2)
+    return {
+        "another_subgoal": float((wrong & ~same_pair & (last % 2 == 0)).mean()),
+        "own_pair_reversed": float((wrong & same_pair).mean()),
+        "stray_colour": float((wrong & ~same_pair & (last % 2 == 1)).mean()),
+        "timeout": float(rollout["timeout"].mean()),
+    }
+
+
+def habit_split(rollout: dict[str, np.ndarray], tasks: np.ndarray) -> dict[str, float]:
+    """Override tasks h-g: of the episodes that completed h, the fractions that then entered the first colour
+    of a habitual successor of h (seen after h in pretraining), of g (success or on the way), or another."""
+    seen = subgoal_transitions(SPLITS["gridworld"].pretrain, GRID_SUBGOAL_PAIRS)
+    done_h = rollout["progress"] >= 2
+    h = tasks[:, 0] // 2
+    last = rollout["last_colour"]
+    to_habit = done_h & rollout["wrong_colour"] & (last % 2 == 0) & np.array(
+        [(int(a), int(b) // 2) in seen for a, b in zip(h, last)])
+    count = max(int(done_h.sum()), 1)
+    return {"completed_h": float(done_h.mean()), "then_habitual_successor": float(to_habit.sum() / count),
+            "then_g": float((done_h & (rollout["progress"] >= 3)).sum() / count)}
+
+
+def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook) -> dict:
+    """evaluate_controllers plus the failure classes of the single, override and post-training rollouts."""
+    classes: dict[str, dict] = {}
+
+    def classify(name: str, tasks, rollout: dict[str, np.ndarray]) -> None:
+        if tasks is None:  # the pretraining tasks, sampled by the env: not classified
+            return
+        padded = np.full((len(tasks), max(map(len, tasks))), -1)
+        for i, task in enumerate(tasks):
+            padded[i, :len(task)] = task
+        classes[name] = {"failures": failure_classes(rollout, padded)}
+        if name == "override":
+            classes[name]["after_h"] = habit_split(rollout, padded)
+
+    result = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook, on_rollout=classify)
+    for name, key in (("single", "single"), ("override", "override"), ("posttrain", "chained_posttrain")):
+        result[key].update(classes[name])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--layer", type=int, help="residual layer to control (default L/2)")
+    parser.add_argument("--steps", type=int, default=0, help="fitting steps (0: load the steering stage's controller)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--data", type=Path, help="training data (default RUN/data-clean, D*)")
+    parser.add_argument("--episodes", type=int, default=1024, help="rollout episodes per evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        model = load_base_model(args.run)
+        hook = layer_hook(args.layer if args.layer is not None else model.n_layers // 2, model.n_layers)
+        # The env as the data were generated (the pretraining tasks); the chained evaluation runs on the
+        # env's post-training task.
+        env_config = env_config_from_manifest(load_dataset(args.run / "data").manifest)
+        config = replace(steer_preset("quick"), episodes=args.episodes, seed=args.seed)
+        fit: dict = {"steps": args.steps}
+        if args.steps > 0:
+            dataset = load_dataset(args.data or args.run / "data-clean")
+            fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+            decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
+            fit.update(metrics, batch_size=args.batch_size, lr=args.lr)
+        else:
+            decoder = load_steering_decoder(args.run, hook)
+            fit["source"] = "the steering stage's controller"
+        results = {"hook": hook, "fit": fit, "modes": {}}
+        for mode in args.modes.split(","):
+            mode_config = replace(config, **MODES[mode])
+            results["modes"][mode] = {
+                "controlled": evaluate_mode(model, env_config, mode_config, decoder, hook),
+                "uncontrolled": evaluate_mode(model, env_config, mode_config, None, None),
+            }
+            print(f"{mode}:", file=sys.stderr)
+            for name in ("single", "override", "chained_posttrain", "chained_pretrain"):
+                c, u = (results["modes"][mode][k][name] for k in ("controlled", "uncontrolled"))
+                print(f"  {name:18s} {c['success']:.3f} (uncontrolled {u['success']:.3f}, expert "
+                      f"{c['expert_success']:.3f}, normalised {c['normalised_success']:.3f}) "
+                      f"{json.dumps(c.get('failures', {}))} {json.dumps(c.get('after_h', {}))}", file=sys.stderr)
+        args.out.write_text(json.dumps(results, indent=1))
+    except InternalRLError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(True)
+    main()
