@@ -172,6 +172,16 @@ def _controller_rank(text: str) -> int | None:
     return int(text)
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a positive number of threads, e.g. 1")
+    return value
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -202,6 +212,10 @@ def _report(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internal-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=_threads, default=1,
+                        help="torch intra-op threads on the CPU (default 1: these models are small, one thread "
+                             "trains as fast as two on 2 cores and does not stall when another process takes a "
+                             "core; benchmarks/bench_load.py measures it)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write expert trajectories to a dataset folder")
@@ -330,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from internal_rl.common.device import set_cpu_threads  # after parsing, so that --help needs no torch
+
+    set_cpu_threads(args.threads)
     try:
         args.func(args)
     except InternalRLError as err:

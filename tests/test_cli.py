@@ -100,3 +100,27 @@ def test_rl_batch_override_is_checked(tmp_path, capsys):
     assert rl_config("quick", "internal", batch=256, lr=1e-3).ppo.episodes_per_batch == 256
     assert main(["rl", "--run", str(tmp_path), "--method", "internal", "--batch", "1"]) == 2
     assert "episodes_per_batch must be >= 2" in one_line_error(capsys)
+
+
+def test_threads_sets_torch_and_refuses_a_bad_count(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "report", "--run", str(tmp_path / "none")]) == 2  # the run is missing
+        assert torch.get_num_threads() == 1
+        for bad in ("0", "-1", "two"):
+            with pytest.raises(SystemExit) as exit_:
+                main(["--threads", bad, "report", "--run", str(tmp_path)])
+            assert exit_.value.code == 2 and "positive number of threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_report_refuses_a_folder_that_is_not_a_run_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    for run in (tmp_path / "nope", tmp_path / "data" / "manifest.json", tmp_path / "data"):
+        assert main(["report", "--run", str(run)]) == 2
+        assert "run folder" in one_line_error(capsys)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["manifest.json"]

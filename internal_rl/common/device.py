@@ -54,3 +54,11 @@ def standard_normal(shape: torch.Size | tuple[int, ...], generator: torch.Genera
     """N(0, I) noise of `shape`, drawn on the CPU from `generator` (the global CPU generator if None), with
     the dtype and device of `like`."""
     return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Use `threads` torch intra-op threads on the CPU for the rest of the process. Small models gain
+    nothing from a second thread, and two threads on a 2-core machine stall each other as soon as another
+    process takes a core (benchmarks/bench_load.py)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from internal_rl.common.config import load_json, save_json, save_text
+from internal_rl.common.errors import ConfigError
 
 SUCCESS_TARGET = 0.9
 METHOD_NAMES = {
@@ -279,8 +280,16 @@ def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:
 
 
 def write_report(run: Path) -> Path:
-    """Write RUN/results.json and RUN/report.md (with RL curve figures); return the report's path."""
+    """Write RUN/results.json and RUN/report.md (with RL curve figures); return the report's path.
+
+    RUN must be a run folder (one with a pretrained base model, RL results, or started by `reproduce`): a
+    report is never written into a dataset or any other folder."""
     run = Path(run)
+    if not run.is_dir():
+        raise ConfigError(f"--run {run}: not a folder; expected a run folder (from `reproduce` or `pretrain --out`)")
+    if not ((run / "pretrain").is_dir() or (run / "rl").is_dir() or (run / "reproduce.json").is_file()):
+        raise ConfigError(f"--run {run}: not a run folder (it has no pretrain/, rl/ or reproduce.json); "
+                          "nothing written")
     results = collect_results(run)
     figures = plot_rl_curves(run)
     save_json(run / "results.json", results)
