@@ -4,6 +4,7 @@ Every user-facing failure is an `InternalRLError`; it is printed as one line and
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def _rl(args: argparse.Namespace) -> None:
     results = run_rl_seeds(
         args.method,
         Path(args.run),
-        parse_task(args.task) if args.task else posttrain_task_of_run(Path(args.run)),
+        parse_task(args.task) if args.task is not None else posttrain_task_of_run(Path(args.run)),
         args.seeds,
         args.preset,
         episodes=args.episodes,
@@ -137,7 +138,7 @@ def _analyse(args: argparse.Namespace) -> None:
     from internal_rl.analysis.switching import alpha_sweep, analyse_run
 
     run = Path(args.run)
-    if args.code_replay:
+    if args.code_replay is not None:
         from internal_rl.analysis.code_replay import replay_run
         from internal_rl.envs.tasks import parse_task
 
@@ -148,7 +149,7 @@ def _analyse(args: argparse.Namespace) -> None:
               f"{success['residual_linear']:.3f}, the mean code per decision {success['mean_code']:.3f}, from the "
               f"prior {success['prior']:.3f}")
         return
-    if args.alpha_sweep:
+    if args.alpha_sweep is not None:
         result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
                              max_episodes=args.episodes, device=args.device)
         for row in result["rows"]:
@@ -172,6 +173,26 @@ def _controller_rank(text: str) -> int | None:
     return int(text)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a seed, an integer >= 0")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a finite number")
+    return value
+
+
 def _threads(text: str) -> int:
     try:
         value = int(text)
@@ -184,9 +205,12 @@ def _threads(text: str) -> int:
 
 def _float_list(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0,0.05,0.1; got {text!r}") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, e.g. 0,0.05,0.1; got {text!r}")
+    return values
 
 
 def _reproduce(args: argparse.Namespace) -> None:
@@ -222,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"], help="which environment's expert to roll out")
     p.add_argument("--episodes", type=int, required=True, help="number of successful episodes to keep")
     p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing dataset")
     p.add_argument("--epsilon", type=float, default=0.0, help="expert's random-action probability (paper: 0)")
     p.add_argument(
@@ -240,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (CPU, minutes) or paper")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="episodes per step (default: the preset's)")
-    p.add_argument("--seed", type=int, help="training seed (default: the preset's, 0)")
+    p.add_argument("--seed", type=_seed, help="training seed (default: the preset's, 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/pretrain")
     _add_device_option(p)
     p.set_defaults(func=_pretrain)
@@ -252,11 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "compile: through the CompILE baseline (`metacontroller --compile`)")
     p.add_argument("--task", default=None, help="colours to visit in order (default: the run's environment's post-training task)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, run one after another")
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--first-seed", type=_seed, default=0)
     p.add_argument("--preset", default="quick",
                    help="RL preset, a name in rl.training.PRESETS (default: quick); a bad one is refused with the list")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the preset)")
+    p.add_argument("--lr", type=_finite_float, default=None, help="learning rate (overrides the preset)")
     p.add_argument("--batch", type=int, default=None, help="episodes per PPO update (overrides the preset)")
     _add_ray_options(p, "collect the episodes")
     _add_device_option(p)
@@ -267,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
     p.add_argument("--preset", default="quick", help="probe preset: quick (< 1 min on CPU) or paper")
     p.add_argument("--steps", type=int, help="probe optimiser steps (default: the preset's)")
-    p.add_argument("--seed", type=int, help="seed of the episode split and the probes (default: 0)")
+    p.add_argument("--seed", type=_seed, help="seed of the episode split and the probes (default: 0)")
     p.set_defaults(func=_probe)
 
     p = sub.add_parser("steer", help="fit and roll out supervised subgoal controllers per layer of RUN's base model")
@@ -278,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="preset: quick (about 2 min on CPU) or paper")
     p.add_argument("--steps", type=int, help="controller training steps per layer (default: the preset's)")
     p.add_argument("--episodes", type=int, help="rollout episodes per evaluation (default: the preset's)")
-    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--seed", type=_seed, help="seed (default: 0)")
     _add_device_option(p)
     p.set_defaults(func=_steer)
 
@@ -286,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
     p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
     p.add_argument("--preset", default="quick", help="preset: quick (minutes on CPU) or paper (Table A9)")
-    p.add_argument("--alpha", type=float, help="KL strength alpha (default: the config's)")
+    p.add_argument("--alpha", type=_finite_float, help="KL strength alpha (default: the config's)")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--seed", type=_seed, help="seed (default: 0)")
     p.add_argument("--force-switch", action="store_true",
                    help="the no-temporal-abstraction ablation (beta == 1); goes to RUN/metacontroller-no-switch")
     p.add_argument("--label-switches", action="store_true",

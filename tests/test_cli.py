@@ -124,3 +124,31 @@ def test_report_refuses_a_folder_that_is_not_a_run_and_writes_nothing(tmp_path, 
         assert main(["report", "--run", str(run)]) == 2
         assert "run folder" in one_line_error(capsys)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "gridworld", "--episodes", "4", "--out", "{tmp}/d", "--seed", "-1"], "expected a seed"),
+    (["pretrain", "--data", "{tmp}/d", "--out", "{tmp}/r", "--seed", "-1"], "expected a seed"),
+    (["rl", "--run", "{tmp}/r", "--method", "raw", "--first-seed", "-1"], "expected a seed"),
+    (["rl", "--run", "{tmp}/r", "--method", "raw", "--lr", "inf"], "finite number"),
+    (["metacontroller", "--run", "{tmp}/r", "--alpha", "inf"], "finite number"),
+    (["metacontroller", "--run", "{tmp}/r", "--alpha", "nan"], "finite number"),
+    (["analyse", "--run", "{tmp}/r", "--alpha-sweep", "inf"], "finite numbers"),
+    (["analyse", "--run", "{tmp}/r", "--alpha-sweep", ""], "finite numbers"),
+    (["steer", "--run", "{tmp}/r", "--seed", "-3"], "expected a seed"),
+    (["probe", "--run", "{tmp}/r", "--seed", "x"], "expected a seed"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["rl", "--run", "{tmp}", "--method", "raw", "--task", ""],
+    ["analyse", "--run", "{tmp}", "--code-replay", ""],
+])
+def test_an_empty_task_is_refused_not_taken_for_the_default(tmp_path, capsys, argv):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert "bad task ''" in one_line_error(capsys)
