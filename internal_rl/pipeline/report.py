@@ -66,6 +66,8 @@ def rl_summary(run: Path) -> dict[str, Any]:
         experts = [s["expert_eval"]["success_rate"] for s in seeds if "expert_eval" in s]
         expert = float(np.mean(experts)) if len(experts) == len(seeds) else None
         to_target = [_episodes_to(s["curve"], SUCCESS_TARGET) for s in seeds]
+        to_expert = [_episodes_to(s["curve"], SUCCESS_TARGET * s["expert_eval"]["success_rate"]) for s in seeds
+                     if "expert_eval" in s]
         methods[method_dir.name] = {
             "task": seeds[0]["task"],
             "final_success": float(np.mean(final)),
@@ -77,6 +79,9 @@ def rl_summary(run: Path) -> dict[str, Any]:
             # Mean over seeds when every seed got there; null when any seed never did.
             "episodes_to_90": None if None in to_target else float(np.mean(to_target)),
             "episodes_to_90_by_seed": to_target,
+            # The same, against 90% of the expert's success on the same layouts.
+            "episodes_to_90_of_expert": (None if len(to_expert) < len(seeds) or None in to_expert
+                                         else float(np.mean(to_expert))),
             "episodes": int(np.mean([s["episodes"] for s in seeds])),
             "env_steps": int(np.mean([s["env_steps"] for s in seeds])),
             "seeds": len(seeds),
@@ -197,6 +202,25 @@ def _image(run: Path, name: str, caption: str) -> list[str]:
     return [f"![{caption}]({name})", ""] if (run / name).is_file() else [f"_({name} missing)_", ""]
 
 
+HEADLINE_FIGURE = "figures/rl_normalised_success.png"
+
+
+def _normalised_curves(run: Path) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per method and seed: (1, held-out success before training) then (episodes, training-batch success),
+    each divided by the expert's held-out success; methods whose results lack the expert's are left out."""
+    curves = {}
+    for method_dir in _method_dirs(run):
+        seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
+        if not seeds or not all(s.get("expert_eval", {}).get("success_rate") for s in seeds):
+            continue
+        curves[method_dir.name] = [
+            [(1.0, s["initial_eval"]["success_rate"] / s["expert_eval"]["success_rate"])]
+            + [(float(r["episodes"]), r["success_rate"] / s["expert_eval"]["success_rate"]) for r in s["curve"]]
+            for s in seeds
+        ]
+    return curves
+
+
 def plot_rl_curves(run: Path) -> list[str]:
     """Success-rate curves over seeds vs episodes and vs low-level env steps; returns the file names."""
     from internal_rl.analysis.plots import plot_curves
@@ -213,6 +237,12 @@ def plot_rl_curves(run: Path) -> list[str]:
         return []
     figures = Path(run) / "figures"
     names = []
+    normalised = _normalised_curves(run)
+    if normalised:
+        plot_curves(normalised, "episodes (log scale)", "success / expert's success on the same layouts",
+                    Path(run) / HEADLINE_FIGURE, stat="median", logx=True, ylim=(-0.02, 1.1),
+                    references={"expert": 1.0}, title=f"task {task}, sparse reward")
+        names.append(HEADLINE_FIGURE)
     for curves, xlabel, name in (
         (curves_episodes, "episodes", "rl_success_vs_episodes.png"),
         (curves_steps, "low-level env steps", "rl_success_vs_env_steps.png"),
@@ -279,6 +309,32 @@ def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:
                     "must read from its observation.", ""]
 
 
+def _rl_lines(run: Path, results: dict[str, Any], figures: list[str]) -> list[str]:
+    """The report's opening section: RL on the post-training task, every method against the expert."""
+    methods = results["methods"]
+    tasks = sorted({"-".join(map(str, m["task"])) for m in methods.values() if m.get("task")})
+    lines = [f"## RL on task {', '.join(tasks) or '(none)'} (sparse reward)", ""]
+    if not methods:
+        return lines + ["_no RL results_", ""]
+    lines += _image(run, HEADLINE_FIGURE, "expert-normalised success against episodes, every method")
+    lines += ["| method | normalised success at the end | held-out success (start -> end) | expert on the same layouts "
+              "| episodes to 90% of the expert | episodes | low-level env steps | seeds |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, m in methods.items():
+        lines.append(f"| {METHOD_NAMES.get(name, name)} | {_fmt(m.get('normalised_success'))} | "
+                     f"{_fmt(m['initial_success'])} -> {_fmt(m['final_success'])} | {_fmt(m.get('expert_success'))} "
+                     f"| {_fmt(m.get('episodes_to_90_of_expert'))} | {m['episodes']} | {m['env_steps']} | {m['seeds']} |")
+    lines += ["", "Paper target: internal RL >= 0.9 of the expert where raw-action RL stays near 0. Normalised "
+              "success divides the held-out success (mean over seeds) by the noiseless expert's on the same "
+              "held-out layouts, since some layouts cannot be solved. The figure shows the median over seeds with "
+              "the 25-75% band: the first point of each curve is the held-out success before training, the rest "
+              "the training batches' success.", ""]
+    for name in figures:
+        if name != HEADLINE_FIGURE:
+            lines += _image(run, name, name)
+    return lines
+
+
 def write_report(run: Path) -> Path:
     """Write RUN/results.json and RUN/report.md (with RL curve figures); return the report's path.
 
@@ -296,6 +352,7 @@ def write_report(run: Path) -> Path:
     lines = [f"# internal-rl report: {run.name}", ""]
     lines += [f"Preset: `{results.get('preset', 'n/a')}`. Every figure below is read from the files in this folder; "
               "`results.json` holds the same numbers.", ""]
+    lines += _rl_lines(run, results, figures)
 
     lines += ["## Data", ""]
     data = results.get("data")
@@ -396,26 +453,6 @@ def write_report(run: Path) -> Path:
         lines += _image(run, "switching_beta.png", "beta traces with true subgoal switches")
     else:
         lines += ["_no metacontroller_", ""]
-
-    methods = results["methods"]
-    tasks = sorted({"-".join(map(str, m["task"])) for m in methods.values() if m.get("task")})
-    lines += [f"## RL on task {', '.join(tasks) or '(none)'} (sparse reward)", ""]
-    if methods:
-        lines += ["| method | held-out success (start -> end) | expert on the same layouts | normalised (start -> end) "
-                  "| episodes to 90% | episodes | low-level env steps | seeds |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, m in methods.items():
-            lines.append(f"| {METHOD_NAMES.get(name, name)} | {_fmt(m['initial_success'])} -> {_fmt(m['final_success'])} "
-                         f"| {_fmt(m.get('expert_success'))} | {_fmt(m.get('initial_normalised_success'))} -> "
-                         f"{_fmt(m.get('normalised_success'))} | {_fmt(m['episodes_to_90'])} | {m['episodes']} "
-                         f"| {m['env_steps']} | {m['seeds']} |")
-        lines += ["", "Paper target: internal RL >= 0.9 where raw-action RL stays near 0. Success is the mean over "
-                  "seeds; normalised success divides it by the noiseless expert's on the same held-out layouts "
-                  "(some layouts cannot be solved); curves show the mean with a 95% interval.", ""]
-        for name in figures:
-            lines += _image(run, name, name)
-    else:
-        lines += ["_no RL results_", ""]
 
     if "videos" in results:
         lines += ["## Videos", "", "| episode | task | success | steps |", "|---|---|---|---|"]
