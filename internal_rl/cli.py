@@ -58,6 +58,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     stage = Path(args.out) / "pretrain"
+    if args.resume and not (stage / "checkpoint").is_dir():
+        raise ConfigError(f"--resume: {stage} has no checkpoint to continue; drop --resume to start a new run there")
     result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
     held_out = result["held_out"]
     print(f"pretrained base model in {stage}: held-out action accuracy {held_out['action_accuracy']:.3f}, "
@@ -193,6 +195,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a positive integer")
+    return value
+
+
 def _threads(text: str) -> int:
     try:
         value = int(text)
@@ -261,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain the base model on a dataset folder")
     p.add_argument("--data", required=True, help="dataset folder (from `internal-rl generate`)")
     p.add_argument("--out", required=True, help="run folder; the model goes to OUT/pretrain")
-    p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (CPU, minutes) or paper")
+    p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (grid world, about 30 min on one CPU core), quick-pinpad, paper or paper-ant")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="episodes per step (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="training seed (default: the preset's, 0)")
@@ -269,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL or the no-switch ablation")
+    p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL, the no-switch ablation, "
+                                  "or through the co-trained or CompILE segmenter")
     p.add_argument("--run", required=True, help="run folder (pretrain/, metacontroller/, metacontroller-no-switch/)")
     p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch", "cotrained", "compile"],
                    help="cotrained: internal RL through a metacontroller trained with `metacontroller --cotrain`; "
@@ -300,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", metavar="LAYER",
                    help="residual layers 0..L or hook names (default: 1..L-1, the block outputs inside the trunk)")
     p.add_argument("--preset", default="quick", help="preset: quick (about 2 min on CPU) or paper")
-    p.add_argument("--steps", type=int, help="controller training steps per layer (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, help="controller training steps per layer (default: the preset's)")
     p.add_argument("--episodes", type=int, help="rollout episodes per evaluation (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed (default: 0)")
     _add_device_option(p)
@@ -309,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metacontroller", help="train the metacontroller on RUN's frozen base model")
     p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
     p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
-    p.add_argument("--preset", default="quick", help="preset: quick (minutes on CPU) or paper (Table A9)")
+    p.add_argument("--preset", default="quick", help="preset: quick (600 steps, a few minutes on CPU), long (1,600 steps, the demo's, about 8 min), quick-pinpad, paper (Table A9) or paper-ant (Table A10)")
     p.add_argument("--alpha", type=_finite_float, help="KL strength alpha (default: the config's)")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed (default: 0)")

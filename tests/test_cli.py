@@ -152,3 +152,15 @@ def test_bad_numbers_are_refused_before_anything_runs(tmp_path, capsys, argv, me
 def test_an_empty_task_is_refused_not_taken_for_the_default(tmp_path, capsys, argv):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert "bad task ''" in one_line_error(capsys)
+
+
+def test_pretrain_resume_with_nothing_to_resume_is_refused(tmp_path, capsys):
+    assert main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--resume"]) == 2
+    assert "no checkpoint to continue" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_steer_refuses_zero_steps(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["steer", "--run", str(tmp_path), "--steps", "0"])
+    assert exit_.value.code == 2 and "positive integer" in capsys.readouterr().err
