@@ -27,10 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from internal_rl.analysis.steering import SteeringConfig, evaluate_controllers, fit_subgoal_controllers, steer_preset
+from internal_rl.analysis.steering import (
+    SteeringConfig,
+    evaluate_controllers,
+    fit_subgoal_controllers,
+    heldout_action_nll,
+    steer_preset,
+)
 from internal_rl.common.config import replace
 from internal_rl.common.errors import InternalRLError
-from internal_rl.data.dataset import load_dataset
+from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
 from internal_rl.models.base_model import load_base_model
@@ -101,6 +107,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1024, help="rollout episodes per evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}")
+    parser.add_argument("--shared", action="store_true",
+                        help="fit one controller for every step (all labels 0): what a controller gains without the "
+                             "subgoal, e.g. from the data's tie-breaking; evaluated as controller 0 throughout")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
@@ -113,9 +122,17 @@ def main() -> None:
         fit: dict = {"steps": args.steps}
         if args.steps > 0:
             dataset = load_dataset(args.data or args.run / "data-clean")
+            if args.shared:
+                arrays = dict(dataset.arrays)
+                arrays["subgoals"] = np.where(arrays["subgoals"] >= 0, 0, arrays["subgoals"])
+                dataset = TrajectoryDataset.from_arrays(arrays, dataset.manifest)
             fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
             decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
-            fit.update(metrics, batch_size=args.batch_size, lr=args.lr)
+            fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or args.run / "data-clean"),
+                       shared=args.shared, heldout_nll_uncontrolled=heldout_action_nll(
+                           model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))
+            print(f"held-out NLL {fit['heldout_nll_uncontrolled']:.4f} -> {fit['heldout_nll_controlled']:.4f}",
+                  file=sys.stderr)
         else:
             decoder = load_steering_decoder(args.run, hook)
             fit["source"] = "the steering stage's controller"
