@@ -29,11 +29,16 @@ import torch
 
 from internal_rl.analysis.steering import (
     SteeringConfig,
+    controller_intervention,
     evaluate_controllers,
     fit_subgoal_controllers,
     heldout_action_nll,
     steer_preset,
+    subgoal_codes,
 )
+from internal_rl.common.logging import progress
+from internal_rl.common.seeding import derive_seed
+from internal_rl.models.controller import ControllerDecoder
 from internal_rl.common.config import replace
 from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
@@ -96,6 +101,37 @@ def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook) -> d
     return result
 
 
+def segment_start_weights(subgoals: torch.Tensor, mask: torch.Tensor, weight: float, steps: int) -> torch.Tensor:
+    """[B, T] weights: `weight` on the first `steps` steps of every subgoal segment, 1 elsewhere, 0 on padding."""
+    change = torch.ones_like(mask)
+    change[:, 1:] = subgoals[:, 1:] != subgoals[:, :-1]
+    start = torch.zeros_like(mask)
+    for lag in range(steps):  # within `steps` of a segment start
+        start[:, lag:] |= change[:, : change.shape[1] - lag]
+    return torch.where(start, weight, 1.0) * mask
+
+
+def fit_weighted(model, dataset, hook: str, config: SteeringConfig, weight: float, steps: int):
+    """`fit_subgoal_controllers` with the NLL weighted towards segment starts (a deviation, for this diagnostic)."""
+    train, held_out = dataset.split(config.holdout_fraction, config.seed)
+    torch.manual_seed(derive_seed(config.seed, "controller", hook))
+    decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batches = train.infinite_batches(min(config.batch_size, train.num_episodes), seed=derive_seed(config.seed, "batches"))
+    for _ in progress(range(config.steps), desc=f"weighted controllers {hook}"):
+        batch = next(batches)
+        z = subgoal_codes(batch["subgoals"], config.n_subgoals)
+        out = model(batch["observations"], interventions={hook: controller_intervention(decoder, z)})
+        nll = model.action_nll(out.action_params, batch["actions"])
+        w = segment_start_weights(batch["subgoals"], batch["mask"], weight, steps)
+        loss = (nll * w).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    decoder.eval().requires_grad_(False)
+    return decoder, {"heldout_nll_controlled": heldout_action_nll(model, held_out, config, decoder=decoder, hook=hook)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
@@ -107,6 +143,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1024, help="rollout episodes per evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}")
+    parser.add_argument("--rank", default="16", help="rank of each U_g, or full (default 16, the paper's grid)")
+    parser.add_argument("--start-weight", type=float, default=1.0,
+                        help="weight of the NLL on a subgoal segment's first --start-steps steps (default 1: the "
+                             "paper's plain mean); where the subgoal must be chosen, the rest of a segment follows")
+    parser.add_argument("--start-steps", type=int, default=3)
     parser.add_argument("--shared", action="store_true",
                         help="fit one controller for every step (all labels 0): what a controller gains without the "
                              "subgoal, e.g. from the data's tie-breaking; evaluated as controller 0 throughout")
@@ -126,10 +167,15 @@ def main() -> None:
                 arrays = dict(dataset.arrays)
                 arrays["subgoals"] = np.where(arrays["subgoals"] >= 0, 0, arrays["subgoals"])
                 dataset = TrajectoryDataset.from_arrays(arrays, dataset.manifest)
-            fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-            decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
+            rank = None if args.rank == "full" else int(args.rank)
+            fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=rank)
+            if args.start_weight == 1.0:
+                decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
+            else:
+                decoder, metrics = fit_weighted(model, dataset, hook, fit_config, args.start_weight, args.start_steps)
             fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or args.run / "data-clean"),
-                       shared=args.shared, heldout_nll_uncontrolled=heldout_action_nll(
+                       shared=args.shared, rank=args.rank, start_weight=args.start_weight, start_steps=args.start_steps,
+                       heldout_nll_uncontrolled=heldout_action_nll(
                            model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))
             print(f"held-out NLL {fit['heldout_nll_uncontrolled']:.4f} -> {fit['heldout_nll_controlled']:.4f}",
                   file=sys.stderr)
