@@ -6,6 +6,7 @@ Every user-facing failure is an `InternalRLError`; it is printed as one line and
 import argparse
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 from internal_rl.common.errors import ConfigError, InternalRLError
@@ -31,6 +32,25 @@ def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--workers", type=int, help="Ray workers to use (default: one per CPU of the Ray cluster)")
 
 
+def _output_folder(text: str) -> Path:
+    """--out as a folder that can be written: an existing folder, or a new one under a writable folder.
+
+    Checked before any work starts, by writing a probe file where the folder will go, so that a bad path is
+    named as the user gave it rather than as a temporary folder deep in a save."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {text} is a file; expected a folder (new or existing)")
+    parent = path if path.exists() else next((a for a in path.absolute().parents if a.exists()), Path("/"))
+    if not parent.is_dir():
+        raise ConfigError(f"--out {text}: {parent} is a file, so no folder can be made there")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--out {text}: cannot write in {parent} ({err.strerror or err})") from None
+    return path
+
+
 def _add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="where to train: auto (default: a CUDA GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
@@ -47,7 +67,7 @@ def _generate(args: argparse.Namespace) -> None:
 
         map_chunks = ray_map_chunks(args.workers)
     path = generate_dataset(
-        args.env, episodes=args.episodes, out=Path(args.out), seed=args.seed, force=args.force,
+        args.env, episodes=args.episodes, out=_output_folder(args.out), seed=args.seed, force=args.force,
         epsilon=args.epsilon, tasks=tasks, map_chunks=map_chunks, mean_actions=args.mean_actions,
     )
     print(f"wrote {args.episodes} {args.env} expert episodes to {path}")
@@ -57,7 +77,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     from internal_rl.models.pretraining import pretrain_preset, run_pretraining
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    stage = Path(args.out) / "pretrain"
+    stage = _output_folder(args.out) / "pretrain"
     if args.resume and not (stage / "checkpoint").is_dir():
         raise ConfigError(f"--resume: {stage} has no checkpoint to continue; drop --resume to start a new run there")
     result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
@@ -228,7 +248,7 @@ def _float_list(text: str) -> list[float]:
 def _reproduce(args: argparse.Namespace) -> None:
     from internal_rl.pipeline.reproduce import reproduce
 
-    report = reproduce(args.env, Path(args.out), args.preset, device=args.device)
+    report = reproduce(args.env, _output_folder(args.out), args.preset, device=args.device)
     print(f"report written to {report} (numbers in {report.parent / 'results.json'})")
 
 
@@ -388,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except InternalRLError as err:
         print(f"internal-rl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the system refused (not writable, not a folder, a full disk): name it
+        where = f" {err.filename}" if err.filename else ""
+        print(f"internal-rl {args.command}: error: cannot use{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"internal-rl {args.command}: interrupted", file=sys.stderr)

@@ -164,3 +164,14 @@ def test_steer_refuses_zero_steps(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["steer", "--run", str(tmp_path), "--steps", "0"])
     assert exit_.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["generate", "gridworld", "--episodes", "4"],
+                                     ["pretrain", "--data", "nowhere"], ["reproduce", "gridworld"]])
+def test_an_output_folder_that_cannot_be_written_is_named_as_given(tmp_path, capsys, command):
+    (tmp_path / "a-file").write_text("x")
+    for out, message in ((tmp_path / "a-file", "is a file"), (tmp_path / "a-file" / "sub", "no folder can be made"),
+                         ("/proc/internal-rl-test", "cannot write in /proc")):
+        assert main(command + ["--out", str(out)]) == 2
+        assert message in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
