@@ -35,7 +35,7 @@ def synthetic_arrays(lengths=(3, 5, 1, 4), obs_dim=OBS_DIM, seed=0) -> dict[str,
     }
 
 
-METADATA = {"env": "synthetic", "env_config": {"size": 3}, "seed": 0}
+METADATA = {"env": "gridworld", "env_config": {"size": 3}, "seed": 0}
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_round_trip_preserves_arrays_and_records_manifest(saved):
         assert data.arrays[name].dtype == array.dtype
     m = data.manifest
     assert (m["format"], m["format_version"]) == (ds.FORMAT_NAME, ds.FORMAT_VERSION)
-    assert (m["env"], m["env_config"], m["seed"]) == ("synthetic", {"size": 3}, 0)
+    assert (m["env"], m["env_config"], m["seed"]) == ("gridworld", {"size": 3}, 0)
     assert (m["episodes"], m["steps"]) == (4, 13)
     assert m["arrays"]["observations"] == {"shape": [13, OBS_DIM], "dtype": "|u1"}
     assert m["files"][TRAJECTORIES]["bytes"] == (path / TRAJECTORIES).stat().st_size
@@ -99,7 +99,7 @@ def test_continuous_actions_and_float_observations_batch(tmp_path):
     arrays["observations"] = arrays["observations"].astype(np.float32) * 0.5
     arrays["final_observations"] = arrays["final_observations"].astype(np.float32)
     arrays["actions"] = np.random.default_rng(0).normal(size=(13, 8)).astype(np.float32)
-    data = load_dataset(save_dataset(tmp_path / "ant", arrays, METADATA))
+    data = load_dataset(save_dataset(tmp_path / "ant", arrays, {**METADATA, "env": "ant-pinpad"}))
     b = data.batch([0, 1])
     assert b["actions"].shape == (2, 5, 8) and b["actions"].dtype == torch.float32
     np.testing.assert_array_equal(b["actions"][1].numpy(), arrays["actions"][3:8])
@@ -232,6 +232,7 @@ def test_missing_folder_and_manifest_refused(saved, tmp_path):
         (lambda m: m.update(format="something-else"), "not an internal-rl-trajectories manifest"),
         (lambda m: m["arrays"]["actions"].update(dtype="<f4"), "array 'actions'"),
         (lambda m: m["arrays"].update(extra={"shape": [1], "dtype": "<f4"}), "lacks array 'extra'"),
+        (lambda m: m.update(env="gridwold"), "unknown env 'gridwold'"),
     ],
 )
 def test_manifest_mismatches_refused(saved, edit, match):
@@ -412,3 +413,13 @@ def test_cli_generate(tmp_path, capsys):
     assert main(["generate", "gridworld", "--episodes", "0", "--out", str(tmp_path / "none")]) == 2
     assert main(["generate", "gridworld", "--episodes", "3", "--out", str(tmp_path / "t"), "--tasks", "0-x"]) == 2
     assert not (tmp_path / "none").exists() and not (tmp_path / "t").exists()
+
+
+def test_grid_actions_out_of_range_refused(tmp_path):
+    """An action the grid world does not have would be silently clamped by the action head: refuse it."""
+    arrays = synthetic_arrays()
+    arrays["actions"][3] = 7
+    save_dataset(tmp_path / "data", arrays, METADATA)
+    with pytest.raises(DatasetError, match="actions range over 0..7") as err:
+        load_dataset(tmp_path / "data")
+    _one_line(err)

@@ -34,6 +34,8 @@ import torch
 
 from internal_rl.common.checkpoint import atomic_directory
 from internal_rl.common.errors import ConfigError, DatasetError
+from internal_rl.envs.gridworld import N_ACTIONS as GRID_ACTIONS
+from internal_rl.envs.registry import ENVS
 
 FORMAT_NAME = "internal-rl-trajectories"
 FORMAT_VERSION = 1
@@ -404,6 +406,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"{manifest_path}: missing or malformed '{key}' entry")
     if TRAJECTORIES not in manifest["files"]:
         raise DatasetError(f"{manifest_path}: lists no {TRAJECTORIES}")
+    if "env" in manifest and manifest["env"] not in ENVS:
+        raise DatasetError(f"{manifest_path}: unknown env {manifest['env']!r}; valid: {', '.join(ENVS)}")
     return manifest
 
 
@@ -438,4 +442,9 @@ def load_dataset(path: str | Path) -> TrajectoryDataset:
     except _READ_ERRORS as err:
         raise DatasetError(f"{file}: unreadable ({type(err).__name__}: {err})") from None
     validate_arrays(arrays, where=str(file))
+    actions = arrays["actions"]
+    grid = manifest.get("env", "gridworld") == "gridworld" and actions.dtype.kind in "iu"
+    if grid and (actions.min() < 0 or actions.max() >= GRID_ACTIONS):
+        raise DatasetError(f"{file}: grid-world actions range over {actions.min()}..{actions.max()}; "
+                           f"valid: 0..{GRID_ACTIONS - 1} (the file does not hold grid-world actions)")
     return TrajectoryDataset(arrays, manifest, checksum)
