@@ -165,3 +165,14 @@ def test_reproduce_ant_pinpad_runs_every_stage(tmp_path):
     assert results["env"] == "ant-pinpad" and set(results["methods"]) == {"internal"}
     assert results["data"]["expert_success_rate"] > 0.5
     assert "## RL on task 0-1-2-3" in report.read_text()
+
+
+def test_reproduce_refuses_a_folder_it_did_not_start(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("a user's file")
+    assert main(["reproduce", "gridworld", "--out", str(tmp_path)]) == 2
+    assert "not started by `reproduce`" in capsys.readouterr().err
+    (tmp_path / "mine.txt").unlink()
+    (tmp_path / "reproduce.json").write_text("[1, 2]")
+    assert main(["reproduce", "gridworld", "--out", str(tmp_path)]) == 2
+    assert "not a reproduce record" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reproduce.json"]

@@ -39,7 +39,9 @@ def test_a_good_sweep_file_gives_every_trial(tmp_path):
     ({"seeds": 0}, "'seeds' 0 must be >= 1"),
     ({"tasks": ["0-x"]}, "bad task '0-x'"),
     ({"tasks": "0-1"}, "'tasks' must be a non-empty list"),
-    ({"grid": {"lr": ["fast"]}}, "grid.lr must be a non-empty list of positive numbers"),
+    ({"grid": {"lr": ["fast"]}}, "grid.lr must be a non-empty list of positive finite numbers"),
+    ({"grid": {"lr": [float("inf")]}}, "grid.lr must be a non-empty list of positive finite numbers"),
+    ({"seeds": [-1]}, "'seeds' must be a count or a list of integers >= 0"),
     ({"grid": {"episodes": [0]}}, "grid.episodes must be a non-empty list of positive integers"),
     ({"grid": {"episodes": [1.5]}}, "grid.episodes must be a non-empty list of positive integers"),
     ({"grid": {"batch": [1]}}, "grid.batch must be a non-empty list of integers >= 2"),
@@ -82,3 +84,8 @@ def test_an_interrupted_report_write_leaves_the_previous_report(tmp_path, monkey
         write_sweep_report(load_sweep_config(write(tmp_path, out="sweep", preset="paper")))
     assert report.read_text() == before and "preset `paper-ant`" in before  # not the new one's `paper`
     assert sorted(p.name for p in report.parent.iterdir()) == ["report.md", "results.json", "sweep.json"]  # no temporary
+
+
+def test_a_folder_given_as_the_sweep_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; expected a JSON file"):
+        load_sweep_config(tmp_path)

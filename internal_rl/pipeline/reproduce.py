@@ -321,8 +321,14 @@ def reproduce(
         "device": describe_device(device),
     }
     record_path = out / "reproduce.json"
+    if not record_path.is_file() and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out} holds files but was not started by `reproduce` (no reproduce.json); "
+                          "choose a new or empty --out")
     if record_path.is_file():
         previous = load_json(record_path)
+        if not isinstance(previous, dict):
+            raise ConfigError(f"{record_path} is not a reproduce record (a JSON object); choose another --out, "
+                              "or delete the folder to start again")
         if (previous.get("env"), previous.get("preset")) != (env, preset_name):
             raise ConfigError(
                 f"{out} was started as `reproduce {previous.get('env')} --preset {previous.get('preset')}`; "

@@ -15,6 +15,7 @@ and preset of an OUT cannot change (`start_sweep_folder`). Running the trials, o
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _non_empty_list_of(values: Any, accepts: Callable[[Any], bool]) -> bool:
@@ -41,7 +42,7 @@ def _non_empty_list_of(values: Any, accepts: Callable[[Any], bool]) -> bool:
 # Hyperparameters a sweep may vary, as the keyword of `rl.training.rl_config` they set, with the values
 # each accepts and how an error message names them.
 HYPERPARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": (lambda v: _is_number(v) and v > 0, "positive numbers"),
+    "lr": (lambda v: _is_number(v) and v > 0, "positive finite numbers"),
     "episodes": (lambda v: _is_int(v) and v >= 1, "positive integers"),
     "batch": (lambda v: _is_int(v) and v >= 2, "integers >= 2"),
 }
@@ -69,8 +70,8 @@ class SweepConfig:
               f"'methods' must be a non-empty list of {', '.join(METHODS)}, got {self.methods!r}")
         for method in self.methods:
             check_method(method)
-        check(_non_empty_list_of(self.seeds, _is_int),
-              f"'seeds' must be a count or a list of integers, got {self.seeds!r}")
+        check(_non_empty_list_of(self.seeds, lambda v: _is_int(v) and v >= 0),
+              f"'seeds' must be a count or a list of integers >= 0, got {self.seeds!r}")
         check(_non_empty_list_of(self.tasks, lambda t: isinstance(t, str)),
               f"'tasks' must be a non-empty list of tasks such as '0-1-2-3', got {self.tasks!r}")
         for task in self.tasks:
@@ -102,6 +103,8 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
     """Read and check a sweep file: `seeds` may be a count (0..n-1) or a list; relative paths are taken from
     the file's folder. Any bad key or value is a one-line ConfigError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"sweep file {path} is a folder; expected a JSON file such as examples/sweep.json")
     raw = load_json(path)
     if not isinstance(raw, dict) or "run" not in raw:
         raise ConfigError(f"sweep file {path} must be a JSON object with at least a 'run' folder")
