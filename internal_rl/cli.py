@@ -195,14 +195,23 @@ def _controller_rank(text: str) -> int | None:
     return int(text)
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}; expected a seed, an integer >= 0")
-    return value
+def _int_at_least(minimum: int, expected: str):
+    """An argparse type: an integer >= `minimum`, refused with `expected` in the message otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}; expected {expected}")
+        return value
+
+    return parse
+
+
+_seed = _int_at_least(0, "a seed, an integer >= 0")
+_positive_int = _int_at_least(1, "a positive integer")
+_threads = _int_at_least(1, "a positive number of threads, e.g. 1")
 
 
 def _finite_float(text: str) -> float:
@@ -212,26 +221,6 @@ def _finite_float(text: str) -> float:
         value = math.nan
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r}; expected a finite number")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}; expected a positive integer")
-    return value
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}; expected a positive number of threads, e.g. 1")
     return value
 
 

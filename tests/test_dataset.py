@@ -188,7 +188,7 @@ def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
 
 def test_interrupted_overwrite_keeps_the_old_dataset(saved, monkeypatch):
     path, arrays = saved
-    monkeypatch.setattr(ds, "_sha256", lambda p: (_ for _ in ()).throw(RuntimeError("disk full")))
+    monkeypatch.setattr(ds, "sha256_of_file", lambda p: (_ for _ in ()).throw(RuntimeError("disk full")))
     with pytest.raises(RuntimeError):
         save_dataset(path, synthetic_arrays(seed=1), METADATA, force=True)
     monkeypatch.undo()
@@ -278,7 +278,7 @@ def test_damaged_zip_with_matching_manifest_refused(saved):
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2])
     manifest = json.loads((path / MANIFEST).read_text())
-    manifest["files"][TRAJECTORIES] = {"sha256": ds._sha256(file), "bytes": file.stat().st_size}
+    manifest["files"][TRAJECTORIES] = {"sha256": ds.sha256_of_file(file), "bytes": file.stat().st_size}
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match="unreadable") as err:
         load_dataset(path)

@@ -36,7 +36,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -92,7 +93,7 @@ def save_checkpoint(
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
         files = [name for name in (WEIGHTS, CONFIG, TRAINING_STATE) if (tmp / name).is_file()]
-        save_json(tmp / CHECKSUMS, {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        save_json(tmp / CHECKSUMS, {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_of_file(tmp / name)}
                                     for name in files})
 
 
@@ -134,7 +135,7 @@ def verify_checkpoint(path: Path) -> None:
         if file.stat().st_size != size:
             raise CheckpointError(f"{file} has {file.stat().st_size} bytes, {size} when saved: it is truncated or "
                                   "damaged; retrain that stage or restore the folder")
-        if _sha256(file) != digest:
+        if sha256_of_file(file) != digest:
             raise CheckpointError(f"{file} does not match its recorded SHA-256: it is damaged; retrain that stage "
                                   "or restore the folder")
 

@@ -20,7 +20,6 @@ with a `DatasetError` instead of training on bad data. Writing is atomic: an int
 folder that looks complete.
 """
 
-import hashlib
 import json
 import zipfile
 import zlib
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from internal_rl.common.checkpoint import atomic_directory
+from internal_rl.common.checkpoint import atomic_directory, sha256_of_file
 from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.envs.gridworld import N_ACTIONS as GRID_ACTIONS
 from internal_rl.envs.registry import ENVS
@@ -317,14 +316,6 @@ def _select_episodes(arrays: Mapping[str, np.ndarray], ids: np.ndarray) -> dict[
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_writable(path: str | Path, force: bool) -> None:
     """Raise `DatasetError` if writing a dataset to `path` would overwrite something it should not.
 
@@ -371,7 +362,8 @@ def save_dataset(
                 "package_version": internal_rl.__version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "files": {
-                    TRAJECTORIES: {"sha256": _sha256(tmp / TRAJECTORIES), "bytes": (tmp / TRAJECTORIES).stat().st_size}
+                    TRAJECTORIES: {"sha256": sha256_of_file(tmp / TRAJECTORIES),
+                                   "bytes": (tmp / TRAJECTORIES).stat().st_size}
                 },
                 "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in arrays.items()},
             }
@@ -423,7 +415,7 @@ def load_dataset(path: str | Path) -> TrajectoryDataset:
     size = file.stat().st_size
     if size != expected.get("bytes"):
         raise DatasetError(f"{file}: {size} bytes, manifest says {expected.get('bytes')} (truncated or replaced)")
-    checksum = _sha256(file)
+    checksum = sha256_of_file(file)
     if checksum != expected.get("sha256"):
         raise DatasetError(f"{file}: sha256 {checksum[:12]}... does not match the manifest (file is corrupted)")
     arrays: dict[str, np.ndarray] = {}
