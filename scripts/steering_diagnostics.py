@@ -115,7 +115,7 @@ def fit_weighted(model, dataset, hook: str, config: SteeringConfig, weight: floa
     """`fit_subgoal_controllers` with the NLL weighted towards segment starts (a deviation, for this diagnostic)."""
     train, held_out = dataset.split(config.holdout_fraction, config.seed)
     torch.manual_seed(derive_seed(config.seed, "controller", hook))
-    decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden)
+    decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden, config.shift)
     opt = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = train.infinite_batches(min(config.batch_size, train.num_episodes), seed=derive_seed(config.seed, "batches"))
     for _ in progress(range(config.steps), desc=f"weighted controllers {hook}"):
@@ -148,6 +148,9 @@ def main() -> None:
                         help="weight of the NLL on a subgoal segment's first --start-steps steps (default 1: the "
                              "paper's plain mean); where the subgoal must be chosen, the rest of a segment follows")
     parser.add_argument("--start-steps", type=int, default=3)
+    parser.add_argument("--shift", action="store_true",
+                        help="affine controllers e + U_g e + c_g (a deviation): an added vector c_g does not depend on "
+                             "the context e, so it can push towards g where the context points elsewhere")
     parser.add_argument("--shared", action="store_true",
                         help="fit one controller for every step (all labels 0): what a controller gains without the "
                              "subgoal, e.g. from the data's tie-breaking; evaluated as controller 0 throughout")
@@ -168,13 +171,14 @@ def main() -> None:
                 arrays["subgoals"] = np.where(arrays["subgoals"] >= 0, 0, arrays["subgoals"])
                 dataset = TrajectoryDataset.from_arrays(arrays, dataset.manifest)
             rank = None if args.rank == "full" else int(args.rank)
-            fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=rank)
+            fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=rank,
+                                 shift=args.shift)
             if args.start_weight == 1.0:
                 decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
             else:
                 decoder, metrics = fit_weighted(model, dataset, hook, fit_config, args.start_weight, args.start_steps)
             fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or args.run / "data-clean"),
-                       shared=args.shared, rank=args.rank, start_weight=args.start_weight, start_steps=args.start_steps,
+                       shared=args.shared, rank=args.rank, shift=args.shift, start_weight=args.start_weight, start_steps=args.start_steps,
                        heldout_nll_uncontrolled=heldout_action_nll(
                            model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))
             print(f"held-out NLL {fit['heldout_nll_uncontrolled']:.4f} -> {fit['heldout_nll_controlled']:.4f}",

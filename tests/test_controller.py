@@ -56,3 +56,17 @@ def test_decoder_output_depends_on_z():
 def test_bad_decoder_refused(bad):
     with pytest.raises(ConfigError):
         ControllerDecoder(**{"n_z": 3, "d_model": 8, "rank": 2, **bad})
+
+
+def test_affine_controller_adds_its_shift_and_starts_at_zero():
+    torch.manual_seed(0)
+    decoder = ControllerDecoder(4, 8, rank=2, hidden=6, shift=True)
+    z, e = torch.randn(3, 4), torch.randn(3, 8)
+    torch.testing.assert_close(apply_controller(e, decoder(z)), e)  # zero-initialised: the base model's e
+    with torch.no_grad():
+        decoder.shift_head.bias.fill_(0.5)
+        decoder.b_head.bias.normal_()
+    params = decoder(z)
+    expected = e + (params.matrix() @ e[..., None])[..., 0] + params.shift
+    torch.testing.assert_close(apply_controller(e, params), expected)
+    assert ControllerDecoder(4, 8, rank=2).shift_head is None and ControllerDecoder(4, 8, rank=2)(z).shift is None

@@ -78,6 +78,7 @@ class SteeringConfig:
     episodes: int = 1024  # rollout episodes per evaluation (single: split evenly over the subgoals)
     greedy: bool = False  # argmax actions instead of sampling
     temperature: float = 1.0  # sampling temperature of a categorical action head (1: the model's own)
+    shift: bool = False  # e + U_g e + c_g instead of the paper's e + U_g e (a diagnostic variant)
     n_subgoals: int = len(GRID_SUBGOAL_PAIRS)
     seed: int = 0
 
@@ -158,7 +159,7 @@ def fit_subgoal_controllers(
     train, held_out = dataset.split(config.holdout_fraction, config.seed)
     with torch.random.fork_rng(devices=[]):  # a seeded decoder init that leaves the global RNG untouched
         torch.manual_seed(derive_seed(config.seed, "controller", hook))
-        decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden)
+        decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden, config.shift)
     device = module_device(model)
     decoder.to(device)
     opt = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)

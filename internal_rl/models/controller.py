@@ -20,10 +20,12 @@ from internal_rl.common.errors import check
 
 @dataclass
 class ControllerParams:
-    """A batch of controllers U [..., d, d]: U = a b^T with a, b [..., d, r] (low rank), or U = a (full, b None)."""
+    """A batch of controllers U [..., d, d]: U = a b^T with a, b [..., d, r] (low rank), or U = a (full, b None);
+    `shift` [..., d], if given, is added as well (e + U e + shift: the affine variant, not the paper's)."""
 
     a: Tensor
     b: Tensor | None
+    shift: Tensor | None = None
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -36,20 +38,22 @@ class ControllerParams:
 
 
 def apply_controller(e: Tensor, params: ControllerParams) -> Tensor:
-    """e + U e for e [..., d] and controllers whose batch shape equals e's leading shape."""
+    """e + U e (+ shift) for e [..., d] and controllers whose batch shape equals e's leading shape."""
     column = e.unsqueeze(-1)  # [..., d, 1]
     if params.b is None:
-        return e + (params.a @ column).squeeze(-1)
-    # U e = A (B^T e): two thin batched products instead of a d x d matrix per step (and, on CPU, about
-    # twice as fast as the equivalent einsums, which copy their operands).
-    coeff = params.b.transpose(-1, -2) @ column  # [..., r, 1]
-    return e + (params.a @ coeff).squeeze(-1)
+        out = e + (params.a @ column).squeeze(-1)
+    else:
+        # U e = A (B^T e): two thin batched products instead of a d x d matrix per step (and, on CPU, about
+        # twice as fast as the equivalent einsums, which copy their operands).
+        coeff = params.b.transpose(-1, -2) @ column  # [..., r, 1]
+        out = e + (params.a @ coeff).squeeze(-1)
+    return out if params.shift is None else out + params.shift
 
 
 class ControllerDecoder(nn.Module):
     """The hypernetwork f_hyp: z [..., n_z] -> ControllerParams (U of size d_model x d_model)."""
 
-    def __init__(self, n_z: int, d_model: int, rank: int | None = 16, hidden: int = 32):
+    def __init__(self, n_z: int, d_model: int, rank: int | None = 16, hidden: int = 32, shift: bool = False):
         super().__init__()
         check(n_z > 0, f"ControllerDecoder n_z={n_z}; expected > 0")
         check(d_model > 0, f"ControllerDecoder d_model={d_model}; expected > 0")
@@ -70,12 +74,19 @@ class ControllerDecoder(nn.Module):
             zero_head = self.b_head
         nn.init.zeros_(zero_head.weight)
         nn.init.zeros_(zero_head.bias)
+        # The affine variant (a deviation, for diagnostics): an added vector that does not depend on e,
+        # zero at initialisation like U.
+        self.shift_head = nn.Linear(hidden, d_model) if shift else None
+        if self.shift_head is not None:
+            nn.init.zeros_(self.shift_head.weight)
+            nn.init.zeros_(self.shift_head.bias)
 
     def forward(self, z: Tensor) -> ControllerParams:
         """z [..., n_z] -> controllers with batch shape z.shape[:-1]."""
         h = self.body(z)
         d = self.d_model
+        shift = None if self.shift_head is None else self.shift_head(h)
         if self.b_head is None:
-            return ControllerParams(self.a_head(h).unflatten(-1, (d, d)), None)
+            return ControllerParams(self.a_head(h).unflatten(-1, (d, d)), None, shift)
         r = self.rank
-        return ControllerParams(self.a_head(h).unflatten(-1, (d, r)), self.b_head(h).unflatten(-1, (d, r)))
+        return ControllerParams(self.a_head(h).unflatten(-1, (d, r)), self.b_head(h).unflatten(-1, (d, r)), shift)

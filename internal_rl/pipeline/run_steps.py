@@ -63,7 +63,8 @@ def steer_run(
     hooks = resolve_layers(layers, model.n_layers)
 
     def save_decoder(hook: str, decoder: Any) -> None:
-        sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden}
+        sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden,
+                 "shift": decoder.shift_head is not None}
         save_checkpoint(run / STEERING_CONTROLLERS / hook, decoder, {DECODER_KEY: sizes})
 
     results = steer_layers(

@@ -100,7 +100,7 @@ def drop_finished(state: DecodingState, rows: Tensor, done: Tensor) -> tuple[Dec
 
 def _expand(params: ControllerParams) -> ControllerParams:
     """Controllers of batch shape [N] -> [N, 1], the shape of a single-step activation [N, 1, d]."""
-    return ControllerParams(params.a[:, None], None if params.b is None else params.b[:, None])
+    return ControllerParams(*(None if x is None else x[:, None] for x in (params.a, params.b, params.shift)))
 
 
 class BatchedInternalEnv:
