@@ -232,7 +232,6 @@ def test_missing_folder_and_manifest_refused(saved, tmp_path):
         (lambda m: m.update(format="something-else"), "not an internal-rl-trajectories manifest"),
         (lambda m: m["arrays"]["actions"].update(dtype="<f4"), "array 'actions'"),
         (lambda m: m["arrays"].update(extra={"shape": [1], "dtype": "<f4"}), "lacks array 'extra'"),
-        (lambda m: m.update(env="gridwold"), "unknown env 'gridwold'"),
     ],
 )
 def test_manifest_mismatches_refused(saved, edit, match):

@@ -34,7 +34,6 @@ import torch
 from internal_rl.common.checkpoint import atomic_directory, sha256_of_file
 from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.envs.gridworld import N_ACTIONS as GRID_ACTIONS
-from internal_rl.envs.registry import ENVS
 
 FORMAT_NAME = "internal-rl-trajectories"
 FORMAT_VERSION = 1
@@ -398,8 +397,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"{manifest_path}: missing or malformed '{key}' entry")
     if TRAJECTORIES not in manifest["files"]:
         raise DatasetError(f"{manifest_path}: lists no {TRAJECTORIES}")
-    if "env" in manifest and manifest["env"] not in ENVS:
-        raise DatasetError(f"{manifest_path}: unknown env {manifest['env']!r}; valid: {', '.join(ENVS)}")
     return manifest
 
 
