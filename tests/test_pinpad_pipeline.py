@@ -101,7 +101,8 @@ def test_steering_rollouts_drive_the_point_mass():
     greedy = rollout_with_controllers(model, ENV, 6, seed=3, greedy=True)
     assert greedy["progress"].shape == (6,)
     result = evaluate_controllers(model, ENV, SteeringConfig(rank=None, episodes=8), decoder=decoder, hook=HOOK)
-    assert set(result) == {"single", "chained_posttrain", "chained_pretrain"}
+    assert set(result) == {"single", "override", "chained_posttrain", "chained_pretrain"}
+    assert result["override"]["tasks"] == ["0-1", "1-2", "2-3", "3-0"] and 0 < result["single"]["expert_success"] <= 1
 
 
 def test_metacontroller_loss_is_the_gaussian_action_nll_and_reaches_phi():
