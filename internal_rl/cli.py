@@ -257,10 +257,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internal-rl", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=_threads, default=1,
-                        help="torch intra-op threads on the CPU (default 1: these models are small, one thread "
-                             "trains as fast as two on 2 cores and does not stall when another process takes a "
-                             "core; benchmarks/bench_load.py measures it)")
+    parser.add_argument("--threads", type=_threads, default=None,
+                        help="torch intra-op threads on the CPU (default: torch's, one per core). On 2 idle cores two "
+                             "threads pretrain 1.7x faster than one, but beside one busy process they run 3.6x slower "
+                             "while one thread does not slow down: use --threads 1 on a shared machine "
+                             "(benchmarks/bench_load.py)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write expert trajectories to a dataset folder")
@@ -392,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from internal_rl.common.device import set_cpu_threads  # after parsing, so that --help needs no torch
 
-    set_cpu_threads(args.threads)
+    if args.threads is not None:
+        set_cpu_threads(args.threads)
     try:
         args.func(args)
     except InternalRLError as err:

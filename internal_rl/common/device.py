@@ -57,8 +57,8 @@ def standard_normal(shape: torch.Size | tuple[int, ...], generator: torch.Genera
 
 
 def set_cpu_threads(threads: int) -> None:
-    """Use `threads` torch intra-op threads on the CPU for the rest of the process. Small models gain
-    nothing from a second thread, and two threads on a 2-core machine stall each other as soon as another
-    process takes a core (benchmarks/bench_load.py)."""
+    """Use `threads` torch intra-op threads on the CPU for the rest of the process. On a shared 2-core
+    machine two threads stall each other as soon as another process takes a core, while one does not
+    (benchmarks/bench_load.py)."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
