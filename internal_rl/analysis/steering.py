@@ -30,6 +30,7 @@ layouts and tasks: `expert_success` is that ceiling, since some layouts cannot b
 ended on a colour that was not its target) and `timeout`.
 """
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
@@ -315,7 +316,8 @@ def evaluate_controllers(
                                            temperature=config.temperature)
         if on_rollout is not None:
             on_rollout(name, tasks, rollout)
-        return rollout, expert_successes(env_config, len(rollout["success"]), seed, tasks)
+        return rollout, _expert_ceiling(env_config, len(rollout["success"]), seed,
+                                        None if tasks is None else tuple(map(tuple, tasks)))
 
     per_goal = config.episodes // K
     single, single_expert = run([spec.subgoal_tasks[g] for g in range(K) for _ in range(per_goal)], "single")
@@ -337,6 +339,15 @@ def evaluate_controllers(
         "chained_posttrain": _rollout_summary(post, post_expert, spec.colours_per_subgoal),
         "chained_pretrain": _rollout_summary(pre, pre_expert, spec.colours_per_subgoal),
     }
+
+
+@functools.lru_cache(maxsize=16)
+def _expert_ceiling(env_config, num_envs: int, seed: int, tasks: tuple[Task, ...] | None) -> np.ndarray:
+    """`expert_successes`, kept: every layer (and the uncontrolled baseline) is evaluated on the same seeds,
+    hence the same layouts, so the expert is rolled out once per evaluation, not once per layer."""
+    successes = expert_successes(env_config, num_envs, seed, tasks)
+    successes.flags.writeable = False
+    return successes
 
 
 def _rollout_summary(
@@ -437,7 +448,7 @@ def steer_layers(
         "best_chained_posttrain": best("chained_posttrain"),
         "best_chained_pretrain": best("chained_pretrain"),
         "posttrain_task": list(posttrain_task),
-        "definitions": {"single": SINGLE_DEFINITION, "chained": CHAINED_DEFINITION},
+        "definitions": {"single": SINGLE_DEFINITION, "override": OVERRIDE_DEFINITION, "chained": CHAINED_DEFINITION},
         "n_layers": n_layers,
         "config": asdict(config),
     }

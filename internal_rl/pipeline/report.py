@@ -205,31 +205,30 @@ def _image(run: Path, name: str, caption: str) -> list[str]:
 HEADLINE_FIGURE = "figures/rl_normalised_success.png"
 
 
-def _normalised_curves(run: Path) -> dict[str, list[list[tuple[float, float]]]]:
-    """Per method and seed: (1, held-out success before training) then (episodes, training-batch success),
-    each divided by the expert's held-out success; methods whose results lack the expert's are left out."""
-    curves = {}
-    for method_dir in _method_dirs(run):
-        seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
-        if not seeds or not all(s.get("expert_eval", {}).get("success_rate") for s in seeds):
-            continue
-        curves[method_dir.name] = [
-            [(1.0, s["initial_eval"]["success_rate"] / s["expert_eval"]["success_rate"])]
-            + [(float(r["episodes"]), r["success_rate"] / s["expert_eval"]["success_rate"]) for r in s["curve"]]
-            for s in seeds
-        ]
-    return curves
+def _normalised_runs(seeds: list[dict[str, Any]]) -> list[list[tuple[float, float]]] | None:
+    """Per seed: (1, held-out success before training) then (episodes, training-batch success), each divided
+    by the expert's held-out success; None for results that lack the expert's."""
+    if not all(s.get("expert_eval", {}).get("success_rate") for s in seeds):
+        return None
+    return [
+        [(1.0, s["initial_eval"]["success_rate"] / s["expert_eval"]["success_rate"])]
+        + [(float(r["episodes"]), r["success_rate"] / s["expert_eval"]["success_rate"]) for r in s["curve"]]
+        for s in seeds
+    ]
 
 
 def plot_rl_curves(run: Path) -> list[str]:
     """Success-rate curves over seeds vs episodes and vs low-level env steps; returns the file names."""
     from internal_rl.analysis.plots import plot_curves
 
-    curves_episodes, curves_steps = {}, {}
+    curves_episodes, curves_steps, normalised = {}, {}, {}
     for method_dir in _method_dirs(run):
         seeds = [load_json(p) for p in sorted(method_dir.glob("seed_*.json"))]
         if not seeds:
             continue
+        runs = _normalised_runs(seeds)
+        if runs is not None:
+            normalised[method_dir.name] = runs
         curves_episodes[method_dir.name] = [[(r["episodes"], r["success_rate"]) for r in s["curve"]] for s in seeds]
         curves_steps[method_dir.name] = [[(r["env_steps"], r["success_rate"]) for r in s["curve"]] for s in seeds]
         task = "-".join(map(str, seeds[0]["task"]))
@@ -237,7 +236,6 @@ def plot_rl_curves(run: Path) -> list[str]:
         return []
     figures = Path(run) / "figures"
     names = []
-    normalised = _normalised_curves(run)
     if normalised:
         plot_curves(normalised, "episodes (log scale)", "success / expert's success on the same layouts",
                     Path(run) / HEADLINE_FIGURE, stat="median", logx=True, ylim=(-0.02, 1.1),
