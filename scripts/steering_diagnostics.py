@@ -46,7 +46,7 @@ from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
 from internal_rl.models.base_model import load_base_model
 from internal_rl.models.hooks import layer_hook
-from internal_rl.pipeline.run_steps import load_steering_decoder
+from internal_rl.pipeline.run_steps import load_steering_decoder, save_controller_decoder
 
 MODES = {"sampled": dict(greedy=False, temperature=1.0), "t0.5": dict(greedy=False, temperature=0.5),
          "greedy": dict(greedy=True, temperature=1.0)}
@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--shared", action="store_true",
                         help="fit one controller for every step (all labels 0): what a controller gains without the "
                              "subgoal, e.g. from the data's tie-breaking; evaluated as controller 0 throughout")
+    parser.add_argument("--save", type=Path,
+                        help="also write the fitted controllers to this checkpoint folder (for rl_over_subgoal_controllers.py)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
@@ -183,6 +185,8 @@ def main() -> None:
                            model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))
             print(f"held-out NLL {fit['heldout_nll_uncontrolled']:.4f} -> {fit['heldout_nll_controlled']:.4f}",
                   file=sys.stderr)
+            if args.save is not None:
+                save_controller_decoder(args.save, decoder)
         else:
             decoder = load_steering_decoder(args.run, hook)
             fit["source"] = "the steering stage's controller"

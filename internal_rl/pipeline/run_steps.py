@@ -50,7 +50,6 @@ def steer_run(
     RUN/steering.png and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/.
     The controllers are chained on `posttrain_task` (default: the env's post-training task)."""
     from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
-    from internal_rl.common.checkpoint import save_checkpoint
     from internal_rl.data.dataset import load_dataset
     from internal_rl.data.generate import env_config_from_manifest
     from internal_rl.models.base_model import load_base_model
@@ -63,9 +62,7 @@ def steer_run(
     hooks = resolve_layers(layers, model.n_layers)
 
     def save_decoder(hook: str, decoder: Any) -> None:
-        sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden,
-                 "shift": decoder.shift_head is not None}
-        save_checkpoint(run / STEERING_CONTROLLERS / hook, decoder, {DECODER_KEY: sizes})
+        save_controller_decoder(run / STEERING_CONTROLLERS / hook, decoder)
 
     results = steer_layers(
         model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress,
@@ -77,16 +74,32 @@ def steer_run(
     return results
 
 
+def save_controller_decoder(path: Path, decoder: Any) -> None:
+    """Write a controller decoder as a checkpoint folder whose config.json records its sizes."""
+    from internal_rl.common.checkpoint import save_checkpoint
+
+    sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden,
+             "shift": decoder.shift_head is not None}
+    save_checkpoint(Path(path), decoder, {DECODER_KEY: sizes})
+
+
 def load_steering_decoder(run: Path, hook: str) -> Any:
     """The supervised controller decoder `steer_run` fitted at `hook`, frozen."""
-    from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.common.errors import CheckpointError
-    from internal_rl.models.controller import ControllerDecoder
 
     path = Path(run) / STEERING_CONTROLLERS / hook
     if not path.is_dir():
         raise CheckpointError(f"no supervised controller for {hook} in {run} (run `internal-rl steer --run {run}`)")
-    weights, config, _ = load_checkpoint(path)
+    return load_controller_decoder(path)
+
+
+def load_controller_decoder(path: Path) -> Any:
+    """A controller decoder from a checkpoint folder written by `save_controller_decoder`, frozen."""
+    from internal_rl.common.checkpoint import load_checkpoint
+    from internal_rl.common.errors import CheckpointError
+    from internal_rl.models.controller import ControllerDecoder
+
+    weights, config, _ = load_checkpoint(Path(path))
     try:
         decoder = ControllerDecoder(**config[DECODER_KEY])
         decoder.load_state_dict(weights)

@@ -46,7 +46,7 @@ from internal_rl.common.device import module_device
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.gridworld import GridWorldConfig
-from internal_rl.envs.registry import make_batched_env
+from internal_rl.envs.registry import make_batched_env, spec_of_config
 from internal_rl.envs.tasks import Task
 from internal_rl.models.base_model import BaseModel, DecodingState
 from internal_rl.models.controller import ControllerParams, apply_controller
@@ -57,6 +57,10 @@ from internal_rl.metacontroller.modules import Segmenter
 Decide = Callable[[Tensor, Tensor], Tensor]
 
 BETA_THRESHOLD = 0.5  # paper App. C.6: "beta thresholded at 0.5, as we do in internal RL"
+# Where a new code is asked for: where the switching unit fires (the method), or where the task env's
+# current subgoal changes (a diagnostic that reads the env's subgoal labels, so that RL over codes can be
+# measured apart from the switching unit).
+SWITCHES = ("learned", "subgoal")
 
 
 @dataclass
@@ -110,6 +114,8 @@ class BatchedInternalEnv:
     finished stay frozen (the env ignores their actions) until the next `reset`. `env_config` is any
     registered environment's config (`envs/registry.py`); its batched env is `self.env`. The tensors this
     env returns are on the base model's device (`self.device`), where the metacontroller must be too.
+    `switch` (SWITCHES) says where a code ends: "subgoal" ignores the switching unit's beta (still reported)
+    and asks for a new code exactly where the subgoal of the env's next colour changes.
     """
 
     def __init__(
@@ -119,7 +125,9 @@ class BatchedInternalEnv:
         env_config: Any,
         num_envs: int,
         beta_threshold: float = BETA_THRESHOLD,
+        switch: str = "learned",
     ):
+        check(switch in SWITCHES, f"unknown switch {switch!r}; valid: {', '.join(SWITCHES)}")
         check(
             metacontroller.config.d_model == base_model.d_model,
             f"metacontroller d_model={metacontroller.config.d_model} does not match the base model's {base_model.d_model}",
@@ -143,6 +151,8 @@ class BatchedInternalEnv:
         self.d_model = base_model.d_model
         self.n_z = metacontroller.config.n_z
         self.beta_threshold = beta_threshold
+        self.switch = switch
+        self._subgoal_table = torch.from_numpy(spec_of_config(env_config).subgoal_table(env_config.n_colours))
         self.generator = torch.Generator()  # the base model's action sampling
         self._started = False
 
@@ -158,6 +168,7 @@ class BatchedInternalEnv:
         self.rows = torch.arange(n, device=self.device)  # the episodes in the model's batch (finished ones get dropped)
         self.switch_state = self.metacontroller.init_switch_state(n)  # history GRU state h, [N, n_h]
         self.z = torch.zeros(n, self.n_z, device=self.device)  # z_0 = 0
+        self.subgoal = self._current_subgoals()  # the subgoal each episode's code was chosen for
         self.t = 0
         self._started = True
 
@@ -171,6 +182,10 @@ class BatchedInternalEnv:
         """bool [N]: the episode ended by completing its task."""
         return torch.from_numpy(self.env.terminated & (self.env.progress == self.env.task_lengths)).to(self.device)
 
+    def _current_subgoals(self) -> Tensor:
+        """int64 [N]: the subgoal of each episode's next colour (-1 once it has ended)."""
+        return self._subgoal_table[torch.from_numpy(self.env.target())].to(self.device)
+
     @torch.no_grad()
     def step(self, decide: Decide) -> LowLevelStep:
         """Advance every running episode by one low-level step, calling `decide` where the switch fires."""
@@ -183,12 +198,15 @@ class BatchedInternalEnv:
         first_step = self.t == 0
         obs = torch.from_numpy(self.env.observations()).to(self.device)[rows]
         z_prev = self.z[rows]
+        subgoal_now = self._current_subgoals()
+        new_subgoal = (subgoal_now != self.subgoal)[rows]
         decisions: dict[str, Tensor] = {}
 
         def control(e: Tensor) -> Tensor:  # e [R, 1, d] at the controlled hook, before control
             e_t = e[:, 0]
             beta, switch_state = self.metacontroller.switch_step(e_t, self.switch_state[rows], z_prev)
-            fire = running & ((beta >= self.beta_threshold) | first_step)
+            ends = new_subgoal if self.switch == "subgoal" else beta >= self.beta_threshold
+            fire = running & (ends | first_step)
             z = z_prev
             if bool(fire.any()):
                 index = fire.nonzero()[:, 0]
@@ -204,6 +222,7 @@ class BatchedInternalEnv:
         # Commit: only running episodes advance their switch state (finished ones are frozen).
         self.switch_state[rows] = torch.where(running[:, None], decisions["switch_state"], self.switch_state[rows])
         self.z[rows] = decisions["z"]
+        self.subgoal[rows] = torch.where(running, subgoal_now[rows], self.subgoal[rows])
         self.t += 1
         n, device = self.num_envs, self.device
         return LowLevelStep(

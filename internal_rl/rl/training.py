@@ -49,7 +49,7 @@ from internal_rl.metacontroller.modules import (
     stage_base_model,
 )
 from internal_rl.models.base_model import BaseModel
-from internal_rl.rl.internal_env import BETA_THRESHOLD, BatchedInternalEnv, drop_finished
+from internal_rl.rl.internal_env import BETA_THRESHOLD, SWITCHES, BatchedInternalEnv, drop_finished
 from internal_rl.rl.policies import (
     CodePolicy,
     RawActionPolicy,
@@ -82,12 +82,16 @@ class RLConfig:
     policy_width: int = 256  # Table A13: 1-layer SSM, width 256
     policy_heads: int = 8
     beta_threshold: float = BETA_THRESHOLD
+    # Where a code ends (rl/internal_env.SWITCHES): the switching unit's beta, or the env's subgoal changes
+    # (a diagnostic that reads the subgoal labels).
+    switch: str = "learned"
     eval_episodes: int = 1024
 
     def __post_init__(self) -> None:
         check(self.total_episodes >= 1, f"RLConfig.total_episodes={self.total_episodes}; expected >= 1")
         check(self.eval_episodes >= 1, f"RLConfig.eval_episodes={self.eval_episodes}; expected >= 1")
         check(self.policy_width >= 1, f"RLConfig.policy_width={self.policy_width}; expected >= 1")
+        check(self.switch in SWITCHES, f"RLConfig.switch={self.switch!r}; valid: {', '.join(SWITCHES)}")
 
     @property
     def num_updates(self) -> int:
@@ -286,7 +290,9 @@ def method_setup(
 
     def collect_internal(seed: int, num_envs: int) -> RolloutBatch:
         if num_envs not in envs:
-            envs[num_envs] = BatchedInternalEnv(base_model, metacontroller, env_config, num_envs, config.beta_threshold)
+            envs[num_envs] = BatchedInternalEnv(
+                base_model, metacontroller, env_config, num_envs, config.beta_threshold, config.switch
+            )
         return collect_internal_rollouts(code_policy, envs[num_envs], seed, generator)
 
     return code_policy, collect_internal

@@ -1,0 +1,104 @@
+"""Does internal RL learn a composition once its codes name subgoals? (a diagnostic, issue E6)
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/steering_diagnostics.py --run RUN --steps 1000 --batch-size 256 \\
+        --save CONTROLLERS --out steering.json
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/rl_over_subgoal_controllers.py --run RUN --controllers CONTROLLERS \\
+        --task 0-1-2-3-4-5 --switch subgoal --episodes 65536 --out OUT.json
+
+Internal RL as `internal-rl rl --method internal` runs it (same PPO, code policy and budget accounting), with
+the metacontroller's decoder replaced by supervised subgoal controllers: a code picks one of them
+(`rl/subgoal_codes.SubgoalCodes`). Codes end where the true subgoal changes (`--switch subgoal`) or where
+RUN's metacontroller's switching unit fires (`--switch learned`). Beside each run it measures the ceiling
+of this setting: the same env with the true subgoal's controller picked at every decision. Writes OUT
+after every seed (a rerun skips the seeds OUT holds) and prints one line per seed.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from internal_rl.common.config import replace
+from internal_rl.common.errors import InternalRLError
+from internal_rl.common.seeding import derive_seed
+from internal_rl.envs.tasks import parse_task
+from internal_rl.metacontroller.modules import load_metacontroller
+from internal_rl.models.base_model import load_base_model
+from internal_rl.models.hooks import controlled_hook
+from internal_rl.pipeline.run_steps import load_controller_decoder
+from internal_rl.rl.internal_env import BatchedInternalEnv
+from internal_rl.rl.ppo import PPOConfig
+from internal_rl.rl.subgoal_codes import SubgoalCodes
+from internal_rl.rl.training import RLConfig, env_config_of_run, train_rl
+
+
+@torch.no_grad()
+def true_choice_success(base_model, codes: SubgoalCodes, env_config, switch: str, episodes: int, seed: int) -> float:
+    """Success when every decision picks the controller of the episode's current true subgoal: what RL over
+    these codes can reach at best (up to the timing of a learned switch)."""
+    env = BatchedInternalEnv(base_model, codes, env_config, episodes, switch=switch)
+    env.reset(seed)
+
+    def decide(e: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
+        subgoal = env._current_subgoals()[env_ids].clamp_min(0)
+        return F.one_hot(subgoal, codes.config.n_z).float()
+
+    while not bool(env.done.all()):
+        env.step(decide)
+    return float(env.successes.float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="run folder with pretrain/ (and metacontroller/)")
+    parser.add_argument("--controllers", type=Path, required=True,
+                        help="controller checkpoint folder (scripts/steering_diagnostics.py --save)")
+    parser.add_argument("--task", default="0-1-2-3", help="post-training task, e.g. 0-1-2-3-4-5")
+    parser.add_argument("--switch", choices=["subgoal", "learned"], default="subgoal")
+    parser.add_argument("--episodes", type=int, default=32_768, help="training episodes per seed")
+    parser.add_argument("--batch-size", type=int, default=256, help="episodes per PPO update")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-episodes", type=int, default=1024)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        base_model = load_base_model(args.run)
+        decoder = load_controller_decoder(args.controllers)
+        switching = load_metacontroller(args.run) if args.switch == "learned" else None
+        hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
+        codes = SubgoalCodes(decoder, hook, switching)
+        env_config = env_config_of_run(args.run, base_model, parse_task(args.task))
+        config = RLConfig(
+            ppo=PPOConfig(episodes_per_batch=args.batch_size, epochs=4, lr=args.lr), total_episodes=args.episodes,
+            policy_width=64, policy_heads=4, eval_episodes=args.eval_episodes, switch=args.switch,
+        )
+        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        results.update(task=args.task, switch=args.switch, controllers=str(args.controllers), hook=hook)
+        results.setdefault("seeds", {})
+        if "true_choice_success" not in results:
+            results["true_choice_success"] = true_choice_success(
+                base_model, codes, env_config, args.switch, args.eval_episodes, derive_seed(0, "true-choice"))
+            print(f"true subgoal's controller at every decision: {results['true_choice_success']:.3f}", file=sys.stderr)
+        for seed in range(args.seeds):
+            if str(seed) in results["seeds"]:
+                continue
+            result = train_rl("internal", base_model, codes, env_config, seed, config, show_progress=True)
+            results["seeds"][str(seed)] = result
+            args.out.write_text(json.dumps(results, indent=1))
+            expert = result["expert_eval"]["success_rate"]
+            print(f"seed {seed}: {result['initial_eval']['success_rate']:.3f} -> {result['final_eval']['success_rate']:.3f}"
+                  f" (expert {expert:.3f}; {result['episodes']} episodes, {result['timing']['seconds']:.0f} s)",
+                  file=sys.stderr)
+        finals = [r["final_eval"]["success_rate"] for r in results["seeds"].values()]
+        print(f"final success: median {np.median(finals):.3f} over {len(finals)} seeds", file=sys.stderr)
+    except InternalRLError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
