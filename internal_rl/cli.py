@@ -51,6 +51,18 @@ def _output_folder(text: str) -> Path:
     return path
 
 
+def _refuse_overwrite(paths: list[Path], force: bool) -> None:
+    """One overwrite policy for every command: results already written are replaced only with --force."""
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]} exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}; "
+                          "pass --force to overwrite")
+
+
+def _add_force_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=f"overwrite {what} written earlier (refused otherwise)")
+
+
 def _add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="where to train: auto (default: a CUDA GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
@@ -88,10 +100,21 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _rl(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
-    from internal_rl.rl.training import posttrain_task_of_run, rl_config, run_rl_seeds
+    from internal_rl.common.config import load_json
+    from internal_rl.rl.training import posttrain_task_of_run, result_path, rl_config, run_rl_seeds
 
-    # A bad preset or override fails before Ray starts or any model loads.
+    # A bad preset or override, or results that would be overwritten or mixed, fail before Ray starts or any
+    # model loads.
     rl_config(args.preset, args.method, episodes=args.episodes, lr=args.lr, batch=args.batch)
+    run = Path(args.run)
+    task = parse_task(args.task) if args.task is not None else posttrain_task_of_run(run)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    _refuse_overwrite([result_path(run, args.method, seed) for seed in seeds], args.force)
+    for other in sorted(result_path(run, args.method, 0).parent.glob("seed_*.json")):
+        other_task = tuple(load_json(other).get("task") or ())
+        if other_task and other_task != tuple(task) and other not in {result_path(run, args.method, s) for s in seeds}:
+            raise ConfigError(f"{other} is on task {'-'.join(map(str, other_task))}, not {'-'.join(map(str, task))}: "
+                              "one method's seeds must share a task; use another run folder for another task")
     workers = None
     if _on_ray(args):
         from internal_rl.distributed.rollouts import RayRolloutWorkers
@@ -99,8 +122,8 @@ def _rl(args: argparse.Namespace) -> None:
         workers = RayRolloutWorkers(args.workers)
     results = run_rl_seeds(
         args.method,
-        Path(args.run),
-        parse_task(args.task) if args.task is not None else posttrain_task_of_run(Path(args.run)),
+        run,
+        task,
         args.seeds,
         args.preset,
         episodes=args.episodes,
@@ -121,6 +144,7 @@ def _probe(args: argparse.Namespace) -> None:
     from internal_rl.pipeline.run_steps import probe_run
 
     run = Path(args.run)
+    _refuse_overwrite([run / "probes.json"], args.force)
     data = Path(args.data) if args.data else None
     results = probe_run(run, args.preset, data=data, seed=args.seed, steps=args.steps)
     layers = " ".join(f"{r['layer']}:{r['accuracy']:.2f}" for r in results["layers"])
@@ -132,6 +156,7 @@ def _steer(args: argparse.Namespace) -> None:
     from internal_rl.pipeline.run_steps import steer_run
 
     run = Path(args.run)
+    _refuse_overwrite([run / "steering.json"], args.force)
     data = Path(args.data) if args.data else None
     results = steer_run(run, args.preset, data=data, layers=args.layers, seed=args.seed, steps=args.steps,
                         episodes=args.episodes, device=args.device)
@@ -160,10 +185,12 @@ def _analyse(args: argparse.Namespace) -> None:
     from internal_rl.analysis.switching import alpha_sweep, analyse_run
 
     run = Path(args.run)
+    suffix = "" if args.stage == "metacontroller" else f"_{args.stage}"
     if args.code_replay is not None:
         from internal_rl.analysis.code_replay import replay_run
         from internal_rl.envs.tasks import parse_task
 
+        _refuse_overwrite([run / f"code_replay{suffix}.json"], args.force)
         result = replay_run(run, parse_task(args.code_replay), stage_name=args.stage, episodes=args.episodes)
         success = {key: result[key]["success"] for key in ("demonstration", "residual_linear", "mean_code", "prior")}
         print(f"task {args.code_replay}, {result['solvable_layouts']} layouts the expert solves; success with codes "
@@ -172,6 +199,7 @@ def _analyse(args: argparse.Namespace) -> None:
               f"prior {success['prior']:.3f}")
         return
     if args.alpha_sweep is not None:
+        _refuse_overwrite([run / "alpha_sweep.json"], args.force)
         result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
                              max_episodes=args.episodes, device=args.device)
         for row in result["rows"]:
@@ -179,6 +207,7 @@ def _analyse(args: argparse.Namespace) -> None:
                   f"per episode (true {row['true_subgoals_per_episode']:.2f}), F1 {row['f1']:.2f}")
         print(f"wrote {run / 'alpha_sweep.json'} and {result['plot']}")
         return
+    _refuse_overwrite([run / f"switching{suffix}.json"], args.force)
     report = analyse_run(run, stage_name=args.stage, data=args.data, max_episodes=args.episodes)
     sw, seg, true = report["subgoal_switches"], report["segment_length"], report["true_subgoal_length"]
     print(f"switch F1 {sw['f1']:.3f} (precision {sw['precision']:.3f}, recall {sw['recall']:.3f}); "
@@ -305,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
     p.add_argument("--lr", type=_finite_float, default=None, help="learning rate (overrides the preset)")
     p.add_argument("--batch", type=int, default=None, help="episodes per PPO update (overrides the preset)")
+    _add_force_option(p, "the seeds' results")
     _add_ray_options(p, "collect the episodes")
     _add_device_option(p)
     p.set_defaults(func=_rl)
@@ -315,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="probe preset: quick (< 1 min on CPU) or paper")
     p.add_argument("--steps", type=int, help="probe optimiser steps (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed of the episode split and the probes (default: 0)")
+    _add_force_option(p, "RUN/probes.json")
     p.set_defaults(func=_probe)
 
     p = sub.add_parser("steer", help="fit and roll out supervised subgoal controllers per layer of RUN's base model")
@@ -326,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="controller training steps per layer (default: the preset's)")
     p.add_argument("--episodes", type=int, help="rollout episodes per evaluation (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed (default: 0)")
+    _add_force_option(p, "RUN/steering.json and its controllers")
     _add_device_option(p)
     p.set_defaults(func=_steer)
 
@@ -367,13 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
     p.add_argument("--preset", default="quick", help="training preset for --alpha-sweep")
     p.add_argument("--steps", type=int, help="training steps per alpha for --alpha-sweep (default: the preset's)")
+    _add_force_option(p, "the analysis's results")
     _add_device_option(p)  # where --alpha-sweep trains; the analyses run on the CPU
     p.set_defaults(func=_analyse)
 
     p = sub.add_parser("reproduce", help="run the whole pipeline (resumable), ending in DIR/report.md")
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"])
     p.add_argument("--out", required=True, help="run folder (an existing one is continued)")
-    p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~50 min, point-pinpad ~18 min, ant-pinpad ~28 min), long (grid, ~95 min) or full (the paper's budgets)")
+    p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~50 min, point-pinpad ~18 min, ant-pinpad ~28 min), demo (grid: quick from "
+                        "its shipped base model and metacontrollers, minutes), long (grid, ~95 min) or full (the "
+                        "paper's budgets)")
     _add_device_option(p)
     p.set_defaults(func=_reproduce)
 

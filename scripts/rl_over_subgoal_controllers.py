@@ -9,8 +9,10 @@ Internal RL as `internal-rl rl --method internal` runs it (same PPO, code policy
 the metacontroller's decoder replaced by supervised subgoal controllers: a code picks one of them
 (`rl/subgoal_codes.SubgoalCodes`). Codes end where the true subgoal changes (`--switch subgoal`) or where
 RUN's metacontroller's switching unit fires (`--switch learned`). Beside each run it measures the ceiling
-of this setting: the same env with the true subgoal's controller picked at every decision. Writes OUT
-after every seed (a rerun skips the seeds OUT holds) and prints one line per seed.
+of this setting: the same env with the true subgoal's controller picked at every decision. `--codes
+metacontroller` runs the method itself (RUN's metacontroller, its codes and decoder) under the same switch
+choice, which completes the 2 x 2 of codes x switch. Writes OUT after every seed (a rerun skips the seeds
+OUT holds) and prints one line per seed.
 """
 
 import argparse
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from internal_rl.common.config import replace
-from internal_rl.common.errors import InternalRLError
+from internal_rl.common.errors import ConfigError, InternalRLError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import parse_task
 from internal_rl.metacontroller.modules import load_metacontroller
@@ -55,8 +57,10 @@ def true_choice_success(base_model, codes: SubgoalCodes, env_config, switch: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="run folder with pretrain/ (and metacontroller/)")
-    parser.add_argument("--controllers", type=Path, required=True,
+    parser.add_argument("--controllers", type=Path,
                         help="controller checkpoint folder (scripts/steering_diagnostics.py --save)")
+    parser.add_argument("--codes", choices=["supervised", "metacontroller"], default="supervised",
+                        help="supervised: a code picks one of --controllers; metacontroller: RUN's metacontroller")
     parser.add_argument("--task", default="0-1-2-3", help="post-training task, e.g. 0-1-2-3-4-5")
     parser.add_argument("--switch", choices=["subgoal", "learned"], default="subgoal")
     parser.add_argument("--episodes", type=int, default=32_768, help="training episodes per seed")
@@ -68,19 +72,23 @@ def main() -> None:
     args = parser.parse_args()
     try:
         base_model = load_base_model(args.run)
-        decoder = load_controller_decoder(args.controllers)
-        switching = load_metacontroller(args.run) if args.switch == "learned" else None
-        hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
-        codes = SubgoalCodes(decoder, hook, switching)
+        if args.codes == "metacontroller":
+            codes = load_metacontroller(args.run)
+        else:
+            if args.controllers is None:
+                raise ConfigError("--codes supervised needs --controllers")
+            switching = load_metacontroller(args.run) if args.switch == "learned" else None
+            hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
+            codes = SubgoalCodes(load_controller_decoder(args.controllers), hook, switching)
         env_config = env_config_of_run(args.run, base_model, parse_task(args.task))
         config = RLConfig(
             ppo=PPOConfig(episodes_per_batch=args.batch_size, epochs=4, lr=args.lr), total_episodes=args.episodes,
             policy_width=64, policy_heads=4, eval_episodes=args.eval_episodes, switch=args.switch,
         )
         results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        results.update(task=args.task, switch=args.switch, controllers=str(args.controllers), hook=hook)
+        results.update(task=args.task, switch=args.switch, codes=args.codes, controllers=str(args.controllers))
         results.setdefault("seeds", {})
-        if "true_choice_success" not in results:
+        if args.codes == "supervised" and "true_choice_success" not in results:
             results["true_choice_success"] = true_choice_success(
                 base_model, codes, env_config, args.switch, args.eval_episodes, derive_seed(0, "true-choice"))
             print(f"true subgoal's controller at every decision: {results['true_choice_success']:.3f}", file=sys.stderr)

@@ -175,3 +175,29 @@ def test_an_output_folder_that_cannot_be_written_is_named_as_given(tmp_path, cap
         assert main(command + ["--out", str(out)]) == 2
         assert message in one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize("argv, existing", [
+    (["probe", "--run", "{tmp}"], "probes.json"),
+    (["steer", "--run", "{tmp}"], "steering.json"),
+    (["analyse", "--run", "{tmp}"], "switching.json"),
+    (["analyse", "--run", "{tmp}", "--stage", "metacontroller-no-switch"], "switching_metacontroller-no-switch.json"),
+    (["analyse", "--run", "{tmp}", "--code-replay", "0-1"], "code_replay.json"),
+    (["analyse", "--run", "{tmp}", "--alpha-sweep", "0.1"], "alpha_sweep.json"),
+    (["rl", "--run", "{tmp}", "--method", "raw", "--task", "0-1", "--seeds", "2"], "rl/raw/seed_1.json"),
+])
+def test_results_written_earlier_are_replaced_only_with_force(tmp_path, capsys, argv, existing):
+    path = tmp_path / existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"task": [0, 1]}')
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert f"{path} exists; pass --force to overwrite" in one_line_error(capsys)
+    assert path.read_text() == '{"task": [0, 1]}'
+
+
+def test_rl_refuses_to_mix_tasks_in_one_methods_seeds(tmp_path, capsys):
+    (tmp_path / "rl" / "raw").mkdir(parents=True)
+    (tmp_path / "rl" / "raw" / "seed_0.json").write_text('{"task": [0, 1]}')
+    assert main(["rl", "--run", str(tmp_path), "--method", "raw", "--task", "2-3", "--first-seed", "1"]) == 2
+    assert "is on task 0-1, not 2-3" in one_line_error(capsys)
+    assert sorted(p.name for p in (tmp_path / "rl" / "raw").iterdir()) == ["seed_0.json"]

@@ -176,3 +176,17 @@ def test_reproduce_refuses_a_folder_it_did_not_start(tmp_path, capsys):
     assert main(["reproduce", "gridworld", "--out", str(tmp_path)]) == 2
     assert "not a reproduce record" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reproduce.json"]
+
+
+def test_the_report_names_each_rows_task_when_methods_ran_on_different_tasks(tmp_path):
+    from internal_rl.pipeline.report import _rl_lines
+
+    row = dict(normalised_success=0.5, initial_success=0.1, final_success=0.4, expert_success=0.8,
+               episodes_to_90_of_expert=None, episodes=64, env_steps=900, seeds=1)
+    one_task = {"methods": {"raw": {**row, "task": [0, 1]}, "internal": {**row, "task": [0, 1]}}}
+    mixed = {"methods": {"raw": {**row, "task": [0, 1]}, "internal": {**row, "task": [2, 3]}}}
+    assert not any("different tasks" in line for line in _rl_lines(tmp_path, one_task, []))
+    lines = _rl_lines(tmp_path, mixed, [])
+    assert any("2 different tasks" in line for line in lines)
+    assert any(line.startswith("| method | task |") for line in lines)
+    assert any("| 2-3 |" in line for line in lines)

@@ -191,6 +191,9 @@ def _check_resumable(saved: dict[str, Any], config: PretrainConfig, checksum: st
     if config.schedule == "cosine":
         fixed.add("steps")  # the cosine schedule depends on the total step count
     differ = sorted(k for k in fixed if theirs.get(k) != ours[k])
+    if differ == ["steps"]:  # the one rule for both trainers: a longer budget is refused only where it changes the past
+        raise CheckpointError(f"cannot resume with --steps {ours['steps']}: the cosine learning-rate schedule of the "
+                              f"checkpoint's {theirs.get('steps')} steps would change; use a new --out")
     if differ:
         raise CheckpointError(f"cannot resume: config differs from the checkpoint's in {differ}; use a new --out")
 

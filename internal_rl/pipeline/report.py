@@ -314,12 +314,16 @@ def _rl_lines(run: Path, results: dict[str, Any], figures: list[str]) -> list[st
     lines = [f"## RL on task {', '.join(tasks) or '(none)'} (sparse reward)", ""]
     if not methods:
         return lines + ["_no RL results_", ""]
+    if len(tasks) > 1:  # `rl --task` on one run with other tasks: say so, and name each row's task
+        lines += [f"**The methods ran on {len(tasks)} different tasks: compare rows of the same task only.**", ""]
     lines += _image(run, HEADLINE_FIGURE, "expert-normalised success against episodes, every method")
-    lines += ["| method | normalised success at the end | held-out success (start -> end) | expert on the same layouts "
-              "| episodes to 90% of the expert | episodes | low-level env steps | seeds |",
-              "|---|---|---|---|---|---|---|---|"]
+    task_column = len(tasks) > 1
+    lines += ["| method |" + (" task |" if task_column else "") + " normalised success at the end | held-out success "
+              "(start -> end) | expert on the same layouts | episodes to 90% of the expert | episodes | low-level env "
+              "steps | seeds |", "|---|" + ("---|" if task_column else "") + "---|---|---|---|---|---|---|"]
     for name, m in methods.items():
-        lines.append(f"| {METHOD_NAMES.get(name, name)} | {_fmt(m.get('normalised_success'))} | "
+        task = f" {'-'.join(map(str, m.get('task') or []))} |" if task_column else ""
+        lines.append(f"| {METHOD_NAMES.get(name, name)} |{task} {_fmt(m.get('normalised_success'))} | "
                      f"{_fmt(m['initial_success'])} -> {_fmt(m['final_success'])} | {_fmt(m.get('expert_success'))} "
                      f"| {_fmt(m.get('episodes_to_90_of_expert'))} | {m['episodes']} | {m['env_steps']} | {m['seeds']} |")
     lines += ["", "Paper target: internal RL >= 0.9 of the expert where raw-action RL stays near 0. Normalised "
