@@ -69,8 +69,10 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     reproduce("gridworld", out, "quick", show_progress=False, preset=TINY)
     assert weights.stat().st_mtime_ns == mtime
 
-    # The code replay on another task, from the command line.
-    assert main(["analyse", "--run", str(out), "--code-replay", "0-1", "--episodes", "8"]) == 0
+    # The code replay on another task, from the command line: it replaces the pipeline's only with --force.
+    assert main(["analyse", "--run", str(out), "--code-replay", "0-1", "--episodes", "8"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["analyse", "--run", str(out), "--code-replay", "0-1", "--episodes", "8", "--force"]) == 0
     assert "predicted linearly from the residual" in capsys.readouterr().out
     assert json.loads((out / "code_replay.json").read_text())["task"] == [0, 1]
 
@@ -109,7 +111,7 @@ def test_reproduce_refuses_a_folder_whose_stage_presets_changed(tmp_path, capsys
 
 def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "huge"]) == 2
-    assert "valid: ['full', 'long', 'quick']" in capsys.readouterr().err
+    assert "valid: ['demo', 'full', 'long', 'quick']" in capsys.readouterr().err
 
 
 POINT_TINY = dataclasses.replace(
