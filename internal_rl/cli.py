@@ -8,6 +8,7 @@ import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from internal_rl.common.errors import ConfigError, InternalRLError
 
@@ -243,6 +244,13 @@ _positive_int = _int_at_least(1, "a positive integer")
 _threads = _int_at_least(1, "a positive number of threads, e.g. 1")
 
 
+def _probability(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a probability in [0, 1]")
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -284,8 +292,15 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report written to {write_report(Path(args.run))}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (exit status 2), like every other refusal of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="internal-rl", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="internal-rl", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=_threads, default=None,
                         help="torch intra-op threads on the CPU (default: torch's, one per core). On 2 idle cores two "
                              "threads pretrain 1.7x faster than one, but beside one busy process they run 3.6x slower "
@@ -295,11 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write expert trajectories to a dataset folder")
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"], help="which environment's expert to roll out")
-    p.add_argument("--episodes", type=int, required=True, help="number of successful episodes to keep")
+    p.add_argument("--episodes", type=_positive_int, required=True, help="number of successful episodes to keep")
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing dataset")
-    p.add_argument("--epsilon", type=float, default=0.0, help="expert's random-action probability (paper: 0)")
+    p.add_argument("--epsilon", type=_probability, default=0.0, help="expert's random-action probability (paper: 0)")
     p.add_argument(
         "--tasks", nargs="+", metavar="TASK", help="tasks to sample from, e.g. 0-1-2-3 (default: pretraining tasks)"
     )
@@ -313,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (from `internal-rl generate`)")
     p.add_argument("--out", required=True, help="run folder; the model goes to OUT/pretrain")
     p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (grid world, about 30 min on one CPU core), quick-pinpad, paper or paper-ant")
-    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, help="episodes per step (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, help="training steps (default: the preset's)")
+    p.add_argument("--batch-size", type=_positive_int, help="episodes per step (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="training seed (default: the preset's, 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/pretrain")
     _add_device_option(p)
@@ -327,13 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cotrained: internal RL through a metacontroller trained with `metacontroller --cotrain`; "
                         "compile: through the CompILE baseline (`metacontroller --compile`)")
     p.add_argument("--task", default=None, help="colours to visit in order (default: the run's environment's post-training task)")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds, run one after another")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds, run one after another")
     p.add_argument("--first-seed", type=_seed, default=0)
     p.add_argument("--preset", default="quick",
                    help="RL preset, a name in rl.training.PRESETS (default: quick); a bad one is refused with the list")
-    p.add_argument("--episodes", type=int, default=None, help="episode budget (overrides the preset)")
+    p.add_argument("--episodes", type=_positive_int, default=None, help="episode budget (overrides the preset)")
     p.add_argument("--lr", type=_finite_float, default=None, help="learning rate (overrides the preset)")
-    p.add_argument("--batch", type=int, default=None, help="episodes per PPO update (overrides the preset)")
+    p.add_argument("--batch", type=_positive_int, default=None, help="episodes per PPO update (overrides the preset)")
     _add_force_option(p, "the seeds' results")
     _add_ray_options(p, "collect the episodes")
     _add_device_option(p)
@@ -343,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
     p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
     p.add_argument("--preset", default="quick", help="probe preset: quick (< 1 min on CPU) or paper")
-    p.add_argument("--steps", type=int, help="probe optimiser steps (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, help="probe optimiser steps (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed of the episode split and the probes (default: 0)")
     _add_force_option(p, "RUN/probes.json")
     p.set_defaults(func=_probe)
@@ -355,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="residual layers 0..L or hook names (default: 1..L-1, the block outputs inside the trunk)")
     p.add_argument("--preset", default="quick", help="preset: quick (about 2 min on CPU) or paper")
     p.add_argument("--steps", type=_positive_int, help="controller training steps per layer (default: the preset's)")
-    p.add_argument("--episodes", type=int, help="rollout episodes per evaluation (default: the preset's)")
+    p.add_argument("--episodes", type=_positive_int, help="rollout episodes per evaluation (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed (default: 0)")
     _add_force_option(p, "RUN/steering.json and its controllers")
     _add_device_option(p)
@@ -366,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
     p.add_argument("--preset", default="quick", help="preset: quick (600 steps, a few minutes on CPU), long (1,600 steps, the demo's, about 8 min), quick-pinpad, paper (Table A9) or paper-ant (Table A10)")
     p.add_argument("--alpha", type=_finite_float, help="KL strength alpha (default: the config's)")
-    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, help="training steps (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="seed (default: 0)")
     p.add_argument("--force-switch", action="store_true",
                    help="the no-temporal-abstraction ablation (beta == 1); goes to RUN/metacontroller-no-switch")
@@ -391,14 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder with a trained metacontroller")
     p.add_argument("--stage", default="metacontroller", help="metacontroller stage folder inside RUN")
     p.add_argument("--data", help="dataset folder (default: the one the metacontroller was trained on)")
-    p.add_argument("--episodes", type=int, default=1000, help="held-out episodes to analyse (or layouts to replay)")
+    p.add_argument("--episodes", type=_positive_int, default=1000, help="held-out episodes to analyse (or layouts to replay)")
     p.add_argument("--code-replay", metavar="TASK",
                    help="instead: replay the codes the metacontroller infers from expert demonstrations of TASK "
                         "(e.g. 0-1-2-3) in the internal-RL env, against codes from the prior (grid world)")
     p.add_argument("--alpha-sweep", type=_float_list, metavar="A,B,...",
                    help="instead: train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
     p.add_argument("--preset", default="quick", help="training preset for --alpha-sweep")
-    p.add_argument("--steps", type=int, help="training steps per alpha for --alpha-sweep (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, help="training steps per alpha for --alpha-sweep (default: the preset's)")
     _add_force_option(p, "the analysis's results")
     _add_device_option(p)  # where --alpha-sweep trains; the analyses run on the CPU
     p.set_defaults(func=_analyse)
