@@ -87,12 +87,19 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from internal_rl.data.dataset import read_manifest
     from internal_rl.models.pretraining import pretrain_preset, run_pretraining
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     stage = _output_folder(args.out) / "pretrain"
     if args.resume and not (stage / "checkpoint").is_dir():
         raise ConfigError(f"--resume: {stage} has no checkpoint to continue; drop --resume to start a new run there")
+    env = read_manifest(args.data).get("env", "gridworld")
+    preset_env = "gridworld" if config.model.action_head == "categorical" else "pinpad"  # grid actions are discrete
+    if (env == "gridworld") != (preset_env == "gridworld"):
+        fits = "quick or paper" if env == "gridworld" else "quick-pinpad or paper-ant"
+        raise ConfigError(f"--preset {args.preset} builds a {'grid-world' if preset_env == 'gridworld' else 'pinpad'} "
+                          f"model, but {args.data} holds {env} data; use --preset {fits}")
     result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
     held_out = result["held_out"]
     print(f"pretrained base model in {stage}: held-out action accuracy {held_out['action_accuracy']:.3f}, "
@@ -297,6 +304,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
+        # `--flag=--` reaches here as the lone string '--', which argparse drops, handing the option an empty
+        # list instead of calling its type: refuse it as the bad value it is.
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {action.option_strings[0]}: expected a value, got '--'")
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser() -> argparse.ArgumentParser:

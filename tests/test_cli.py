@@ -201,3 +201,16 @@ def test_rl_refuses_to_mix_tasks_in_one_methods_seeds(tmp_path, capsys):
     assert main(["rl", "--run", str(tmp_path), "--method", "raw", "--task", "2-3", "--first-seed", "1"]) == 2
     assert "is on task 0-1, not 2-3" in one_line_error(capsys)
     assert sorted(p.name for p in (tmp_path / "rl" / "raw").iterdir()) == ["seed_0.json"]
+
+
+def test_pretrain_names_the_preset_that_fits_the_datas_environment(tmp_path, capsys):
+    assert main(["generate", "point-pinpad", "--episodes", "2", "--out", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
+    assert "holds point-pinpad data; use --preset quick-pinpad or paper-ant" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_metacontroller_refuses_another_stages_folder(tmp_path, capsys):
+    assert main(["metacontroller", "--run", str(tmp_path), "--stage", "pretrain"]) == 2
+    assert "--stage pretrain is a folder of the run's other stages" in one_line_error(capsys)

@@ -409,7 +409,9 @@ def test_cli_generate(tmp_path, capsys):
     assert "\n" not in err and str(out) in err and "--force" in err
     assert main(args + ["--force", "--tasks", "0-1-2-3", "--epsilon", "0.1"]) == 0
     assert (load_dataset(out).arrays["tasks"] == [0, 1, 2, 3]).all()
-    assert main(["generate", "gridworld", "--episodes", "0", "--out", str(tmp_path / "none")]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser
+        main(["generate", "gridworld", "--episodes", "0", "--out", str(tmp_path / "none")])
+    assert exit_.value.code == 2
     assert main(["generate", "gridworld", "--episodes", "3", "--out", str(tmp_path / "t"), "--tasks", "0-x"]) == 2
     assert not (tmp_path / "none").exists() and not (tmp_path / "t").exists()
 

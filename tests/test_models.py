@@ -216,7 +216,7 @@ def test_bad_configs_are_refused():
         BaseModelConfig(trunk="lstm")
     with pytest.raises(ConfigError, match="d_model"):
         TransformerConfig(d_model=0)
-    with pytest.raises(ConfigError, match="obs shape"):
+    with pytest.raises(ConfigError, match="observations of shape"):
         tiny_model()(torch.zeros(2, 3, OBS_DIM + 1))
 
 

@@ -225,4 +225,6 @@ def test_cli_refuses_bad_preset_and_missing_data(data_dir, tmp_path, capsys):
     assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and len(err.strip().splitlines()) == 1
-    assert main(["pretrain", "--data", str(data_dir), "--out", str(tmp_path / "r"), "--batch-size", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser
+        main(["pretrain", "--data", str(data_dir), "--out", str(tmp_path / "r"), "--batch-size", "0"])
+    assert exit_.value.code == 2 and "--batch-size" in capsys.readouterr().err

@@ -333,7 +333,7 @@ def check_writable(path: str | Path, force: bool) -> None:
             f"{path} is a non-empty folder without {MANIFEST}; refusing to overwrite it, even with --force"
         )
     if not force:
-        raise DatasetError(f"dataset already exists at {path}; pass --force (force=True) to overwrite it")
+        raise DatasetError(f"dataset already exists at {path}; pass --force to overwrite it")
 
 
 def save_dataset(

@@ -438,6 +438,8 @@ def train_metacontroller_run(
     if stage_name is None:
         stage_name = (NO_SWITCH_DIR if force_switch else LABEL_SWITCHES_DIR if label_switches
                       else COTRAINED_DIR if cotrain else COMPILE_DIR if compile_baseline else METACONTROLLER_DIR)
+    check(stage_name not in ("pretrain", "data", "data-clean", "rl", "stages", "figures"),
+          f"--stage {stage_name} is a folder of the run's other stages; name a new metacontroller stage")
     stage = Path(run_dir) / stage_name
     checkpoint_dir = stage / CHECKPOINT_SUBDIR
     if checkpoint_dir.exists() and not resume:

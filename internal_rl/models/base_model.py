@@ -186,7 +186,8 @@ class BaseModel(nn.Module):
     ) -> ModelOutput:
         """Run whole sequences obs [B,T,obs_dim]; causal, so outputs at t depend on obs_{1..t} only."""
         if obs.dim() != 3 or obs.shape[-1] != self.config.obs_dim:
-            raise ConfigError(f"obs shape {tuple(obs.shape)}; expected [B, T, {self.config.obs_dim}]")
+            raise ConfigError(f"observations of shape {tuple(obs.shape)}, but this base model reads [batch, time, "
+                              f"{self.config.obs_dim}]: are the data from the environment the model was trained in?")
         hooks = HookPoints(self.n_layers, interventions, cache_hooks)
         h, _ = self.trunk(self.obs_embed(obs), hooks)
         return self._outputs(h, hooks)
