@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# From the shipped base model and metacontrollers (internal_rl/shipped/gridworld-quick); the whole pipeline
+# from scratch is `internal-rl reproduce gridworld --preset quick --out DIR` (about 50 minutes).
 demo: $(STAMP)
-	$(BIN)/internal-rl reproduce gridworld --preset quick --out runs/demo
+	$(BIN)/internal-rl --threads 1 reproduce gridworld --preset demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -92,9 +92,28 @@ def save_checkpoint(
         save_json(tmp / CONFIG, config)
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
-        files = [name for name in (WEIGHTS, CONFIG, TRAINING_STATE) if (tmp / name).is_file()]
-        save_json(tmp / CHECKSUMS, {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_of_file(tmp / name)}
-                                    for name in files})
+        _write_checksums(tmp)
+
+
+def _write_checksums(folder: Path) -> None:
+    files = [name for name in (WEIGHTS, CONFIG, TRAINING_STATE) if (folder / name).is_file()]
+    save_json(folder / CHECKSUMS, {name: {"bytes": (folder / name).stat().st_size,
+                                          "sha256": sha256_of_file(folder / name)} for name in files})
+
+
+def copy_weights(source: Path, destination: Path, config_update: dict[str, Any] | None = None) -> None:
+    """Copy checkpoint `source`'s weights and config (verified first; not its training state) to a new
+    checkpoint folder `destination`: a model to use, not a run to resume. `config_update` replaces top-level
+    keys of the copied config (e.g. where its dataset now lives)."""
+    verify_checkpoint(source)
+    with atomic_directory(Path(destination)) as tmp:
+        for name in (WEIGHTS, CONFIG):
+            if not (Path(source) / name).is_file():
+                raise CheckpointError(f"no checkpoint at {source}: expected {WEIGHTS} and {CONFIG}")
+            shutil.copyfile(Path(source) / name, tmp / name)
+        if config_update:
+            save_json(tmp / CONFIG, {**load_json(tmp / CONFIG), **config_update})
+        _write_checksums(tmp)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any] | None]:

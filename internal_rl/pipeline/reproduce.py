@@ -37,6 +37,7 @@ from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, T
 from internal_rl.metacontroller.compile import COMPILE_DIR
 from internal_rl.metacontroller.modules import COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR
 from internal_rl.pipeline.run_steps import load_steering_decoder, probe_run, steer_run
+from internal_rl.pipeline.shipped import install_shipped, shipped_stages
 from internal_rl.pipeline.stages import Stage, run_stages
 from internal_rl.rl.training import BASE_METHODS, METHODS, run_rl_seeds
 
@@ -72,6 +73,9 @@ class ReproducePreset:
     cotrain_init: str = "scratch"
     videos: bool = False  # episode GIFs of the expert, the base model, the supervised and discovered controllers
     horizon: int | None = None  # the env's episode horizon (None: the env's default); the tests shorten it
+    # Shipped checkpoints (`pipeline/shipped.py`) that replace the training of the stages they hold (the base
+    # model, the metacontrollers); None trains every stage.
+    shipped: str | None = None
 
 
 _GRID_PRESETS: dict[str, ReproducePreset] = {
@@ -100,6 +104,11 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
         methods=METHODS,
     ),
 }
+# `make demo`: the quick pipeline from the base model and metacontrollers that `--preset quick` trained
+# (shipped with the package, internal_rl/shipped/gridworld-quick/provenance.json), on a smaller dataset for
+# the analyses: the stages that show the method (probes, steering, switching, RL for every method) in
+# minutes, not the hour the training takes.
+_GRID_PRESETS["demo"] = replace(_GRID_PRESETS["quick"], episodes=20_000, clean_episodes=10_000, shipped="gridworld-quick")
 _PINPAD = dict(task=PINPAD_POSTTRAIN_TASK, controller_rank=None, videos=True, cotrain_init="pretrained")
 _PINPAD_PRESETS: dict[str, ReproducePreset] = {
     # Point mass: fits 2 CPU cores in under 30 minutes (measured; see docs/results.md).
@@ -123,7 +132,6 @@ ENV_PRESETS: dict[str, dict[str, ReproducePreset]] = {
     "point-pinpad": _PINPAD_PRESETS,
     "ant-pinpad": _ANT_PRESETS,
 }
-PRESETS = _GRID_PRESETS  # the grid world's, under the name earlier callers used
 
 
 def stage_presets(preset: ReproducePreset) -> dict[str, Any]:
@@ -190,6 +198,9 @@ def pipeline_stages(
         return summary
 
     def pretrain(out: Path) -> dict[str, Any]:
+        if preset.shipped is not None:
+            held_out = install_shipped(preset.shipped, "pretrain", out)["held_out"]
+            return {"shipped": preset.shipped, **{k: held_out[k] for k in ("action_accuracy", "action_nll") if k in held_out}}
         config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
         result = run_pretraining(
             config, out / "data", out / "pretrain", resume=True, show_progress=show_progress, device=device
@@ -214,12 +225,15 @@ def pipeline_stages(
             name = preset.metacontroller
             if stage == COMPILE_DIR:  # CompILE's own paper budget, where the paper gives one
                 name = COMPILE_PRESETS.get(name, name)
-            train_metacontroller_run(
-                out, preset_name=name, data=clean_data(out), seed=preset.seed,
-                steps=preset.metacontroller_steps, force_switch=stage == NO_SWITCH_DIR, resume=True,
-                show_progress=show_progress, rank=preset.controller_rank, device=device,
-                cotrain=preset.cotrain_init if stage == COTRAINED_DIR else None, compile_baseline=stage == COMPILE_DIR,
-            )
+            if preset.shipped is not None and stage in shipped_stages(preset.shipped):
+                install_shipped(preset.shipped, stage, out)
+            else:
+                train_metacontroller_run(
+                    out, preset_name=name, data=clean_data(out), seed=preset.seed,
+                    steps=preset.metacontroller_steps, force_switch=stage == NO_SWITCH_DIR, resume=True,
+                    show_progress=show_progress, rank=preset.controller_rank, device=device,
+                    cotrain=preset.cotrain_init if stage == COTRAINED_DIR else None, compile_baseline=stage == COMPILE_DIR,
+                )
             report = analyse_run(out, stage_name=stage)
             summary = {"f1": report["subgoal_switches"]["f1"], "nmi": report["nmi"]["segment"]}
             if env == "gridworld" and stage == METACONTROLLER_DIR:  # the replay needs the grid world's expert
@@ -260,11 +274,6 @@ def pipeline_stages(
     # The report is rebuilt on every call (it is cheap), so it always reflects the files present.
     stages.append(Stage("report", lambda out: {"report": str(write_report(out))}))
     return stages
-
-
-def gridworld_stages(preset: ReproducePreset, show_progress: bool = True) -> list[Stage]:
-    """The grid-world pipeline as a list of resumable stages."""
-    return pipeline_stages("gridworld", preset, show_progress)
 
 
 def video_run(run: Path, env: str, seed: int = 0) -> dict[str, dict[str, Any]]:

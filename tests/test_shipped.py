@@ -1,0 +1,58 @@
+"""The shipped checkpoints that `reproduce --preset demo` starts from: they load, match the preset that trained
+them, and still give their recorded held-out NLL."""
+
+import dataclasses
+
+import pytest
+
+from internal_rl.common.checkpoint import load_checkpoint
+from internal_rl.common.config import config_to_dict, load_json
+from internal_rl.common.errors import ConfigError
+from internal_rl.data.generate import env_config_from_manifest
+from internal_rl.metacontroller.modules import load_metacontroller
+from internal_rl.metacontroller.training import preset as metacontroller_preset
+from internal_rl.models.base_model import load_base_model
+from internal_rl.models.pretraining import pretrain_preset
+from internal_rl.pipeline.reproduce import reproduce_preset
+from internal_rl.pipeline.shipped import PROVENANCE, heldout_check, install_shipped, shipped_path, shipped_stages
+
+DEMO = reproduce_preset("demo")
+SHIPPED = shipped_path(DEMO.shipped)
+PROV = load_json(SHIPPED / PROVENANCE)
+
+
+def test_the_demo_ships_what_the_quick_preset_trains():
+    assert PROV["reproduce"]["env"] == "gridworld" and PROV["reproduce"]["preset"] == "quick"
+    assert set(shipped_stages(DEMO.shipped)) == {"pretrain", "metacontroller", "metacontroller-no-switch"}
+    quick = reproduce_preset("quick")
+    assert dataclasses.replace(DEMO, episodes=quick.episodes, clean_episodes=quick.clean_episodes, shipped=None) == quick
+
+
+def test_the_base_model_matches_its_preset_and_its_recorded_heldout_nll():
+    _, config, state = load_checkpoint(SHIPPED / "pretrain" / "checkpoint")
+    assert state is None  # weights only: a model to use, not a run to resume
+    model = load_base_model(SHIPPED / "pretrain")
+    expected = dataclasses.replace(pretrain_preset("quick").model, obs_dim=model.config.obs_dim)
+    assert config_to_dict(model.config) == config_to_dict(expected)
+    assert config["pretrain"]["steps"] == pretrain_preset("quick").steps
+    check = heldout_check(SHIPPED / "pretrain", env_config_from_manifest(PROV["dataset"]))
+    assert check["action_nll"] == pytest.approx(PROV["heldout_check"]["action_nll"], abs=1e-4)
+
+
+@pytest.mark.parametrize("stage,force_switch", [("metacontroller", False), ("metacontroller-no-switch", True)])
+def test_the_metacontrollers_load_and_match_their_preset(stage, force_switch):
+    metacontroller = load_metacontroller(SHIPPED / stage)
+    assert metacontroller.config.force_switch == force_switch
+    assert metacontroller.config.d_model == load_base_model(SHIPPED / "pretrain").d_model
+    _, config, _ = load_checkpoint(SHIPPED / stage / "checkpoint")
+    assert config["train"] == config_to_dict(metacontroller_preset(DEMO.metacontroller)) and config["step"] == config["train"]["steps"]
+
+
+def test_install_puts_a_stage_into_a_run_folder(tmp_path):
+    summary = install_shipped(DEMO.shipped, "pretrain", tmp_path)
+    assert summary == load_json(tmp_path / "pretrain" / "eval.json")
+    assert load_base_model(tmp_path).d_model == load_base_model(SHIPPED / "pretrain").d_model
+    with pytest.raises(ConfigError, match="no shipped checkpoints 'nope'"):
+        install_shipped("nope", "pretrain", tmp_path)
+    with pytest.raises(ConfigError, match="no 'probe' stage"):
+        install_shipped(DEMO.shipped, "probe", tmp_path)
