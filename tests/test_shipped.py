@@ -56,3 +56,28 @@ def test_install_puts_a_stage_into_a_run_folder(tmp_path):
         install_shipped("nope", "pretrain", tmp_path)
     with pytest.raises(ConfigError, match="no 'probe' stage"):
         install_shipped(DEMO.shipped, "probe", tmp_path)
+
+
+def test_the_demo_pipeline_installs_the_shipped_models_instead_of_training(tmp_path, monkeypatch):
+    from internal_rl.analysis import code_replay, switching
+    from internal_rl.pipeline.reproduce import pipeline_stages
+
+    # The analyses that follow the metacontroller stage are tested elsewhere; here only what they are given.
+    analysed = []
+    monkeypatch.setattr(switching, "analyse_run", lambda run, stage_name: analysed.append(stage_name) or
+                        {"subgoal_switches": {"f1": 1.0}, "nmi": {"segment": 0.0}})
+    monkeypatch.setattr(code_replay, "replay_run", lambda run, task, seed: {"demonstration": {"success": 0.0}})
+    preset = dataclasses.replace(DEMO, episodes=64, clean_episodes=64)
+    stages = {stage.name: stage for stage in pipeline_stages("gridworld", preset, show_progress=False)}
+    stages["generate"].run(tmp_path)
+    summary = stages["pretrain"].run(tmp_path)
+    assert summary["shipped"] == DEMO.shipped
+    assert summary["action_accuracy"] == PROV["stages"]["pretrain"]["summary"]["held_out"]["action_accuracy"]
+    # The installed model reads the run's own data; it records the data it was trained on.
+    _, config, _ = load_checkpoint(tmp_path / "pretrain" / "checkpoint")
+    assert config["dataset"]["path"] == str(tmp_path / "data") and config["dataset"]["trained_on"]["episodes"] == 200_000
+    stages["metacontroller"].run(tmp_path)
+    assert analysed == ["metacontroller"]
+    assert not (tmp_path / "metacontroller" / "tb").exists()  # installed, not trained
+    metacontroller = load_metacontroller(tmp_path)
+    assert metacontroller.config == load_metacontroller(SHIPPED / "metacontroller").config
