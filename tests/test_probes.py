@@ -150,12 +150,16 @@ def test_cli_probe_writes_results_and_plot(run_dir, capsys):
         (["--run", "{tmp}/missing"], "no base model checkpoint"),
         (["--run", "{run}", "--preset", "fast"], "unknown probe preset 'fast'"),
         (["--run", "{run}", "--data", "{tmp}/nodata"], "no dataset at"),
-        (["--run", "{run}", "--steps", "0"], "steps=0"),
+        (["--run", "{run}", "--steps", "0"], "argument --steps: '0'; expected a positive integer"),
     ],
 )
 def test_cli_probe_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
-    assert main(["probe", *argv, "--force"]) == 2  # the run holds results already: the error under test comes first
+    try:
+        code = main(["probe", *argv, "--force"])  # the run holds results already: the error under test comes first
+    except SystemExit as exit_:  # refused by the argument parser
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
