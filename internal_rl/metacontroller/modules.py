@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import CheckpointError, check
 from internal_rl.metacontroller.compile import CompILE, CompILEConfig
-from internal_rl.models.base_model import BaseModel, load_base_model
+from internal_rl.models.base_model import CHECKPOINT_SUBDIR, BaseModel, load_base_model
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.models.hawk import HawkBlock, HawkConfig
 
@@ -325,7 +325,6 @@ NO_SWITCH_DIR = "metacontroller-no-switch"  # the force_switch (beta == 1) ablat
 LABEL_SWITCHES_DIR = "metacontroller-label-switches"  # the label_switches diagnostic
 COTRAINED_DIR = "metacontroller-cotrained"  # the co-training baseline: trained jointly with its own base model
 COTRAINED_BASE_SUBDIR = "base_model"  # that base model's checkpoint folder, inside the stage folder
-CHECKPOINT_SUBDIR = "checkpoint"
 
 
 def stage_base_model(run_dir: Path, stage: str | None) -> BaseModel:

@@ -19,12 +19,12 @@ from internal_rl.common.checkpoint import copy_weights, load_checkpoint
 from internal_rl.common.config import load_json, save_json
 from internal_rl.common.errors import ConfigError
 from internal_rl.common.seeding import derive_seed
+from internal_rl.metacontroller.modules import CHECKPOINT_SUBDIR, METACONTROLLER_DIR, NO_SWITCH_DIR
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
 PROVENANCE = "provenance.json"
-CHECKPOINT_SUBDIR = "checkpoint"
 # What each shippable stage writes beside its checkpoint (the summary the report reads).
-STAGE_SUMMARIES = {"pretrain": "eval.json", "metacontroller": "summary.json", "metacontroller-no-switch": "summary.json"}
+STAGE_SUMMARIES = {"pretrain": "eval.json", METACONTROLLER_DIR: "summary.json", NO_SWITCH_DIR: "summary.json"}
 HELDOUT_EPISODES = 64
 HELDOUT_SEED = derive_seed(0, "shipped-heldout")
 
