@@ -88,6 +88,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from internal_rl.data.dataset import read_manifest
+    from internal_rl.envs.registry import ENVS
     from internal_rl.models.pretraining import pretrain_preset, run_pretraining
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
@@ -95,6 +96,9 @@ def _pretrain(args: argparse.Namespace) -> None:
     if args.resume and not (stage / "checkpoint").is_dir():
         raise ConfigError(f"--resume: {stage} has no checkpoint to continue; drop --resume to start a new run there")
     env = read_manifest(args.data).get("env", "gridworld")
+    if env not in ENVS:  # every later stage needs the env (rollouts, RL): refuse it here, not two stages on
+        raise ConfigError(f"{args.data}/manifest.json names env {env!r}, which is not registered; known: "
+                          f"{', '.join(ENVS)} (register a new env in internal_rl/envs/registry.py)")
     preset_env = "gridworld" if config.model.action_head == "categorical" else "pinpad"  # grid actions are discrete
     if (env == "gridworld") != (preset_env == "gridworld"):
         fits = "quick or paper" if env == "gridworld" else "quick-pinpad or paper-ant"

@@ -214,3 +214,15 @@ def test_pretrain_names_the_preset_that_fits_the_datas_environment(tmp_path, cap
 def test_metacontroller_refuses_another_stages_folder(tmp_path, capsys):
     assert main(["metacontroller", "--run", str(tmp_path), "--stage", "pretrain"]) == 2
     assert "--stage pretrain is a folder of the run's other stages" in one_line_error(capsys)
+
+
+def test_pretrain_refuses_a_dataset_of_an_unregistered_env(tmp_path, capsys):
+    import json
+
+    assert main(["generate", "gridworld", "--episodes", "2", "--out", str(tmp_path / "d")]) == 0
+    manifest = tmp_path / "d" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "env": "moonwalk"}))
+    capsys.readouterr()
+    assert main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
+    assert "names env 'moonwalk', which is not registered" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
