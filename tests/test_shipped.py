@@ -81,3 +81,14 @@ def test_the_demo_pipeline_installs_the_shipped_models_instead_of_training(tmp_p
     assert not (tmp_path / "metacontroller" / "tb").exists()  # installed, not trained
     metacontroller = load_metacontroller(tmp_path)
     assert metacontroller.config == load_metacontroller(SHIPPED / "metacontroller").config
+
+
+def test_the_report_says_which_models_were_shipped(tmp_path):
+    from internal_rl.common.config import save_json
+    from internal_rl.pipeline.report import write_report
+
+    install_shipped(DEMO.shipped, "pretrain", tmp_path)
+    save_json(tmp_path / "reproduce.json", {"env": "gridworld", "preset": "demo", "config": {"shipped": DEMO.shipped}})
+    text = write_report(tmp_path).read_text()
+    assert f"shipped `{DEMO.shipped}` models" in text
+    assert load_json(tmp_path / "results.json")["shipped"] == DEMO.shipped

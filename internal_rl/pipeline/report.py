@@ -119,6 +119,9 @@ def collect_results(run: Path) -> dict[str, Any]:
     if reproduce:
         results["preset"] = reproduce.get("preset")
         results["env"] = reproduce.get("env")
+        shipped = (reproduce.get("config") or {}).get("shipped")
+        if shipped:  # the stages that installed shipped models instead of training them
+            results["shipped"] = shipped
     keys = ("env", "episodes", "steps", "seed", "expert_success_rate", "expert_epsilon", "expert_mean_actions")
     manifest = _load(run / "data" / "manifest.json")
     if manifest:
@@ -354,6 +357,10 @@ def write_report(run: Path) -> Path:
     lines = [f"# internal-rl report: {run.name}", ""]
     lines += [f"Preset: `{results.get('preset', 'n/a')}`. Every figure below is read from the files in this folder; "
               "`results.json` holds the same numbers.", ""]
+    if results.get("shipped"):
+        lines += [f"The base model and the metacontrollers are the shipped `{results['shipped']}` models "
+                  f"(`internal_rl/shipped/{results['shipped']}/provenance.json`: how they were trained); every "
+                  "other stage ran here.", ""]
     lines += _rl_lines(run, results, figures)
 
     lines += ["## Data", ""]
