@@ -99,10 +99,10 @@ def _pretrain(args: argparse.Namespace) -> None:
     if env not in ENVS:  # every later stage needs the env (rollouts, RL): refuse it here, not two stages on
         raise ConfigError(f"{args.data}/manifest.json names env {env!r}, which is not registered; known: "
                           f"{', '.join(ENVS)} (register a new env in internal_rl/envs/registry.py)")
-    preset_env = "gridworld" if config.model.action_head == "categorical" else "pinpad"  # grid actions are discrete
-    if (env == "gridworld") != (preset_env == "gridworld"):
+    grid_model = config.model.action_head == "categorical"  # grid actions are discrete, pinpad forces continuous
+    if grid_model != (env == "gridworld"):
         fits = "quick or paper" if env == "gridworld" else "quick-pinpad or paper-ant"
-        raise ConfigError(f"--preset {args.preset} builds a {'grid-world' if preset_env == 'gridworld' else 'pinpad'} "
+        raise ConfigError(f"--preset {args.preset} builds a {'grid-world' if grid_model else 'pinpad'} "
                           f"model, but {args.data} holds {env} data; use --preset {fits}")
     result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
     held_out = result["held_out"]
@@ -120,11 +120,11 @@ def _rl(args: argparse.Namespace) -> None:
     rl_config(args.preset, args.method, episodes=args.episodes, lr=args.lr, batch=args.batch)
     run = Path(args.run)
     task = parse_task(args.task) if args.task is not None else posttrain_task_of_run(run)
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    _refuse_overwrite([result_path(run, args.method, seed) for seed in seeds], args.force)
-    for other in sorted(result_path(run, args.method, 0).parent.glob("seed_*.json")):
+    ours = [result_path(run, args.method, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    _refuse_overwrite(ours, args.force)
+    for other in sorted(set(ours[0].parent.glob("seed_*.json")) - set(ours)):
         other_task = tuple(load_json(other).get("task") or ())
-        if other_task and other_task != tuple(task) and other not in {result_path(run, args.method, s) for s in seeds}:
+        if other_task and other_task != tuple(task):
             raise ConfigError(f"{other} is on task {'-'.join(map(str, other_task))}, not {'-'.join(map(str, task))}: "
                               "one method's seeds must share a task; use another run folder for another task")
     workers = None
@@ -195,9 +195,10 @@ def _metacontroller(args: argparse.Namespace) -> None:
 
 def _analyse(args: argparse.Namespace) -> None:
     from internal_rl.analysis.switching import alpha_sweep, analyse_run
+    from internal_rl.metacontroller.modules import stage_suffix
 
     run = Path(args.run)
-    suffix = "" if args.stage == "metacontroller" else f"_{args.stage}"
+    suffix = stage_suffix(args.stage)
     if args.code_replay is not None:
         from internal_rl.analysis.code_replay import replay_run
         from internal_rl.envs.tasks import parse_task

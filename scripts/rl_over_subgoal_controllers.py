@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from internal_rl.common.config import replace
 from internal_rl.common.errors import ConfigError, InternalRLError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import parse_task
@@ -46,7 +45,7 @@ def true_choice_success(base_model, codes: SubgoalCodes, env_config, switch: str
     env.reset(seed)
 
     def decide(e: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
-        subgoal = env._current_subgoals()[env_ids].clamp_min(0)
+        subgoal = env.current_subgoals()[env_ids].clamp_min(0)
         return F.one_hot(subgoal, codes.config.n_z).float()
 
     while not bool(env.done.all()):

@@ -181,7 +181,9 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller",
     """`replay_codes` for RUN's base model and metacontroller stage; writes RUN/code_replay.json."""
     from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.data.dataset import read_manifest
-    from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, stage_base_model
+    from internal_rl.metacontroller.modules import (
+        find_metacontroller_checkpoint, load_metacontroller, stage_base_model, stage_suffix,
+    )
     from internal_rl.rl.training import env_config_of_run
 
     run_dir = Path(run_dir)
@@ -198,6 +200,6 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller",
     noiseless = data.is_dir() and bool(read_manifest(data).get("expert_mean_actions", False))
     result = {"stage": stage_name, **replay_codes(base, metacontroller, task, episodes=episodes, seed=seed,
                                                   env_config=config, noiseless=noiseless)}
-    suffix = "" if stage_name == "metacontroller" else f"_{stage_name}"
+    suffix = stage_suffix(stage_name)
     save_json(run_dir / REPLAY_FILE.replace(".json", f"{suffix}.json"), result)
     return result

@@ -386,6 +386,7 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
         load_metacontroller,
         segmenter_key,
         stage_base_model,
+        stage_suffix,
     )
 
     run_dir = Path(run_dir)
@@ -398,7 +399,7 @@ def analyse_run(run_dir: Path, *, stage_name: str = "metacontroller", data: Path
     traces = collect_traces(base, metacontroller, held_out, max_episodes)
     model_config = config[segmenter_key(config, checkpoint)]
     report = {"metacontroller": model_config, "step": config.get("step"), **switching_report(traces, seed=seed)}
-    suffix = "" if stage_name == "metacontroller" else f"_{stage.name}"
+    suffix = stage_suffix(stage.name)
     if plot:
         alpha = model_config["alpha"]
         report["plot"] = str(plot_beta_traces(traces, run_dir / f"switching_beta{suffix}.png",

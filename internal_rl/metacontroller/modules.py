@@ -327,6 +327,12 @@ COTRAINED_DIR = "metacontroller-cotrained"  # the co-training baseline: trained 
 COTRAINED_BASE_SUBDIR = "base_model"  # that base model's checkpoint folder, inside the stage folder
 
 
+def stage_suffix(stage_name: str) -> str:
+    """What an analysis of metacontroller stage `stage_name` appends to its result files' names ("" for the
+    default stage): switching.json, switching_metacontroller-no-switch.json, ..."""
+    return "" if stage_name == METACONTROLLER_DIR else f"_{stage_name}"
+
+
 def stage_base_model(run_dir: Path, stage: str | None) -> BaseModel:
     """The frozen base model that RUN's metacontroller stage `stage` acts through: the one co-trained with it
     (STAGE/base_model/) where there is one, else RUN's pretrained base model (also for `stage` None)."""

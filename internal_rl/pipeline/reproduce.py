@@ -199,15 +199,15 @@ def pipeline_stages(
 
     def pretrain(out: Path) -> dict[str, Any]:
         if preset.shipped is not None:
-            held_out = install_shipped(preset.shipped, "pretrain", out)["held_out"]
-            return {"shipped": preset.shipped, **{k: held_out[k] for k in ("action_accuracy", "action_nll") if k in held_out}}
-        config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
-        result = run_pretraining(
-            config, out / "data", out / "pretrain", resume=True, show_progress=show_progress, device=device
-        )
+            result, origin = install_shipped(preset.shipped, "pretrain", out), {"shipped": preset.shipped}
+        else:
+            config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
+            result, origin = run_pretraining(
+                config, out / "data", out / "pretrain", resume=True, show_progress=show_progress, device=device
+            ), {}
         held_out = result["held_out"]  # accuracy is NaN for a Gaussian action head: leave it out
         keys = ("action_accuracy", "action_nll")
-        return {key: held_out[key] for key in keys if math.isfinite(held_out.get(key, math.nan))}
+        return {**origin, **{key: held_out[key] for key in keys if math.isfinite(held_out.get(key, math.nan))}}
 
     def probe(out: Path) -> dict[str, Any]:
         results = probe_run(out, preset.probe, seed=preset.seed, steps=preset.probe_steps, show_progress=show_progress)

@@ -168,7 +168,8 @@ class BatchedInternalEnv:
         self.rows = torch.arange(n, device=self.device)  # the episodes in the model's batch (finished ones get dropped)
         self.switch_state = self.metacontroller.init_switch_state(n)  # history GRU state h, [N, n_h]
         self.z = torch.zeros(n, self.n_z, device=self.device)  # z_0 = 0
-        self.subgoal = self._current_subgoals()  # the subgoal each episode's code was chosen for
+        if self.switch == "subgoal":
+            self.subgoal = self.current_subgoals()  # the subgoal each episode's code was chosen for
         self.t = 0
         self._started = True
 
@@ -182,7 +183,7 @@ class BatchedInternalEnv:
         """bool [N]: the episode ended by completing its task."""
         return torch.from_numpy(self.env.terminated & (self.env.progress == self.env.task_lengths)).to(self.device)
 
-    def _current_subgoals(self) -> Tensor:
+    def current_subgoals(self) -> Tensor:
         """int64 [N]: the subgoal of each episode's next colour (-1 once it has ended)."""
         return self._subgoal_table[torch.from_numpy(self.env.target())].to(self.device)
 
@@ -198,8 +199,9 @@ class BatchedInternalEnv:
         first_step = self.t == 0
         obs = torch.from_numpy(self.env.observations()).to(self.device)[rows]
         z_prev = self.z[rows]
-        subgoal_now = self._current_subgoals()
-        new_subgoal = (subgoal_now != self.subgoal)[rows]
+        if self.switch == "subgoal":
+            subgoal_now = self.current_subgoals()
+            new_subgoal = (subgoal_now != self.subgoal)[rows]
         decisions: dict[str, Tensor] = {}
 
         def control(e: Tensor) -> Tensor:  # e [R, 1, d] at the controlled hook, before control
@@ -222,7 +224,8 @@ class BatchedInternalEnv:
         # Commit: only running episodes advance their switch state (finished ones are frozen).
         self.switch_state[rows] = torch.where(running[:, None], decisions["switch_state"], self.switch_state[rows])
         self.z[rows] = decisions["z"]
-        self.subgoal[rows] = torch.where(running, subgoal_now[rows], self.subgoal[rows])
+        if self.switch == "subgoal":
+            self.subgoal[rows] = torch.where(running, subgoal_now[rows], self.subgoal[rows])
         self.t += 1
         n, device = self.num_envs, self.device
         return LowLevelStep(

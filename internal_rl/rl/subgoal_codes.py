@@ -15,7 +15,6 @@ supervised controllers steer (the chained steering evaluation).
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
