@@ -89,7 +89,8 @@ def _generate(args: argparse.Namespace) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from internal_rl.data.dataset import read_manifest
     from internal_rl.envs.registry import ENVS
-    from internal_rl.models.pretraining import pretrain_preset, run_pretraining
+    from internal_rl.models.pretraining import pretrain_preset
+    from internal_rl.pipeline.pretrain_stage import run_pretraining
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     stage = _output_folder(args.out) / "pretrain"

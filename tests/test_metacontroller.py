@@ -509,7 +509,8 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     from internal_rl.common.config import load_json
     from internal_rl.metacontroller.modules import stage_base_model
     from internal_rl.models.base_model import BaseModelConfig, load_base_model
-    from internal_rl.models.pretraining import PretrainConfig, run_pretraining
+    from internal_rl.models.pretraining import PretrainConfig
+    from internal_rl.pipeline.pretrain_stage import run_pretraining
     from internal_rl.models.transformer import TransformerConfig
 
     data_dir, run = tmp_path / "data", tmp_path / "run"

@@ -19,7 +19,8 @@ from internal_rl.metacontroller.training import controlled_forward
 from internal_rl.models.base_model import BaseModel, BaseModelConfig
 from internal_rl.models.controller import ControllerDecoder
 from internal_rl.models.hawk_trunk import HawkTrunkConfig
-from internal_rl.models.pretraining import pretrain_preset, run_pretraining
+from internal_rl.models.pretraining import pretrain_preset
+from internal_rl.pipeline.pretrain_stage import run_pretraining
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
 from internal_rl.rl.training import collect_internal_rollouts, collect_raw_rollouts

@@ -14,23 +14,25 @@ from internal_rl.data.generate import generate_dataset
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import GRID_PRETRAIN_TASKS
 from internal_rl.models.base_model import BaseModel, BaseModelConfig, load_base_model
-from internal_rl.models.pretraining import (
-    FreeRunningGrid,
-    PretrainConfig,
+from internal_rl.analysis.base_model_eval import (
     evaluate_held_out,
     evaluate_rollouts,
     expert_action_probabilities,
     expert_noise_level,
     leading_subgoals,
+    target_indices,
+    valid_task_mask,
+)
+from internal_rl.envs.free_running_grid import FreeRunningGrid
+from internal_rl.models.pretraining import (
+    PRESETS,
+    PretrainConfig,
     learning_rate,
     length_grouped_batches,
     pretrain_preset,
-    run_pretraining,
-    target_indices,
     train_base_model,
-    valid_task_mask,
-    PRESETS,
 )
+from internal_rl.pipeline.pretrain_stage import run_pretraining
 from internal_rl.models.transformer import TransformerConfig
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from internal_rl.common.errors import ConfigError
 from internal_rl.envs.batched_gridworld import BatchedGridWorld
-from internal_rl.envs.gridworld import EMPTY, N_ACTIONS, GridWorldConfig
+from internal_rl.envs.gridworld import EMPTY, MOVES, N_ACTIONS, GridWorldConfig
 
 
 def _distance_dtype(config: GridWorldConfig) -> type:
@@ -157,3 +157,44 @@ class GridExpert:
             self._layouts[changed] = env.layouts[changed]
             self._codes[changed] = _padded_codes(self._layouts[changed], self.config)
             self._dist[changed] = _padded_distance_maps(self._layouts[changed], self.config)
+
+
+def expert_action_distribution(
+    first_observations: np.ndarray,
+    observations: np.ndarray,
+    targets: np.ndarray,
+    episode: np.ndarray,
+    config: GridWorldConfig,
+    epsilon: float = 0.0,
+) -> np.ndarray:
+    """The expert's action distribution at recorded steps, from what the steps show: float [S, n_actions].
+
+    `first_observations` [N, obs_dim] are the episodes' first observations (their layouts), `observations`
+    [S, obs_dim] the steps' (the agent's position), `targets` [S] the colour each step heads for and
+    `episode` [S] the episode (row of `first_observations`) of each step. The rule is the expert's: uniform
+    over shortest-path actions (paths avoid walls and other colours) with probability 1 - epsilon, else
+    uniform over the actions that do not step on a wrong colour.
+    """
+    size, n_colours = config.size, config.n_colours
+    n_objects = n_colours + config.n_walls
+    first = first_observations.reshape(len(first_observations), size, size, n_objects + 1)
+    # Layout code = the object channel that is on; the agent channel is the last one.
+    layouts = np.where(first[..., :n_objects].any(-1), first[..., :n_objects].argmax(-1), -1).astype(np.int8)
+    dist = distance_maps(layouts, config).astype(np.int64)  # [N, C, G, G], -1 where forbidden
+
+    obs = observations.reshape(-1, size * size, n_objects + 1)
+    row, col = np.divmod(obs[..., -1].argmax(-1), size)
+    target = np.asarray(targets).astype(np.int64)
+    next_row, next_col = row[:, None] + MOVES[:, 0], col[:, None] + MOVES[:, 1]  # [S, 4]
+    inside = (next_row >= 0) & (next_row < size) & (next_col >= 0) & (next_col < size)
+    r, c = np.clip(next_row, 0, size - 1), np.clip(next_col, 0, size - 1)
+    code = layouts[episode[:, None], r, c]
+    next_dist = np.where(inside, dist[episode[:, None], target[:, None], r, c], -1)
+    # A move is on a shortest path iff it reaches the cell of least distance (blocked moves never do).
+    reachable = next_dist >= 0
+    best = np.where(reachable, next_dist, np.iinfo(np.int64).max).min(-1, keepdims=True)
+    optimal = reachable & (next_dist == best)
+    safe = ~(inside & (code >= 0) & (code < n_colours) & (code != target[:, None]))
+    safe[~safe.any(-1)] = True  # boxed in by other colours: the expert then picks any action
+    optimal = np.where(optimal.any(-1, keepdims=True), optimal, safe)  # unreachable target: a random safe move
+    return (1 - epsilon) * optimal / optimal.sum(-1, keepdims=True) + epsilon * safe / safe.sum(-1, keepdims=True)

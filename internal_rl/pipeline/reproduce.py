@@ -176,7 +176,8 @@ def pipeline_stages(
     from internal_rl.data.generate import generate_dataset
     from internal_rl.envs.registry import env_spec
     from internal_rl.metacontroller.training import COMPILE_PRESETS, train_metacontroller_run
-    from internal_rl.models.pretraining import pretrain_preset, run_pretraining
+    from internal_rl.models.pretraining import pretrain_preset
+    from internal_rl.pipeline.pretrain_stage import run_pretraining
     from internal_rl.pipeline.report import write_report
 
     def clean_data(out: Path) -> Path | None:
