@@ -23,7 +23,8 @@ from internal_rl.models.transformer import TransformerConfig
 from internal_rl.pipeline.reproduce import reproduce
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
-from internal_rl.rl.training import collect_internal_rollouts, collect_raw_rollouts, train_rl
+from internal_rl.rl.rollouts import collect_internal_rollouts, collect_raw_rollouts
+from internal_rl.rl.training import train_rl
 from test_pipeline import TINY
 from test_rl import GRID, random_models, tiny_config
 

@@ -23,7 +23,7 @@ from internal_rl.models.pretraining import pretrain_preset
 from internal_rl.pipeline.pretrain_stage import run_pretraining
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
-from internal_rl.rl.training import collect_internal_rollouts, collect_raw_rollouts
+from internal_rl.rl.rollouts import collect_internal_rollouts, collect_raw_rollouts
 
 ENV = PointPinpadConfig(horizon=25)
 HOOK = "blocks.0.hook_resid_post"

@@ -78,7 +78,7 @@ def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float,
         final_obs[finished] = obs[finished]
         alive &= ~finished
 
-    success = env.progress == env.task_lengths
+    success = env.success
     keep = np.flatnonzero(success)
     kept_lengths = lengths[keep]
     # [T, N, ...] time-major buffers -> flat steps of the kept episodes, each episode's steps in order.

@@ -25,7 +25,8 @@ from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.metacontroller.modules import Metacontroller
 from internal_rl.models.base_model import BaseModel
 from internal_rl.rl.ppo import RolloutBatch
-from internal_rl.rl.training import Collect, RLConfig, method_setup
+from internal_rl.rl.rollouts import Collect
+from internal_rl.rl.training import RLConfig, method_setup
 
 MAX_RESTARTS = 3  # an actor is restarted at most this often (per actor)
 MAX_TASK_RETRIES = 3  # a rollout call lost with its actor is re-run at most this often

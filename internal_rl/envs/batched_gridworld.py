@@ -76,6 +76,12 @@ class EpisodeBatch:
         self.truncated = np.zeros(n, dtype=bool)
         self.done = np.ones(n, dtype=bool)  # nothing to step until the first reset
 
+    @property
+    def success(self) -> np.ndarray:
+        """bool [N]: the episode completed its task (every colour visited in order), the one definition of
+        success every caller reads."""
+        return self.progress == self.task_lengths
+
     def target(self) -> np.ndarray:
         """The next colour to visit per env, int64 [N]; -1 once the episode is over."""
         return np.where(self.done, -1, self._current_targets())

@@ -226,7 +226,6 @@ class PinpadLogic(EpisodeBatch):
         self.layouts = np.full((n, config.size, config.size), EMPTY, dtype=np.int8)
         self.cells = np.zeros((n, 2), dtype=np.int64)
         self.object_xy = np.zeros((n, n_objects, 2))
-        self.success = np.zeros(n, dtype=bool)
 
     def reset_envs(
         self,
@@ -256,7 +255,6 @@ class PinpadLogic(EpisodeBatch):
         n_objects = config.n_colours + config.n_walls
         where = np.argmax(flat[:, None, :] == np.arange(n_objects, dtype=np.int8)[None, :, None], axis=2)  # [k, O+W]
         self.object_xy[ids] = cell_centres(where // config.size, where % config.size, config)
-        self.success[ids] = False
         noise = rng.uniform(-1.0, 1.0, size=(k, 2)) * config.start_noise * config.cell_size / 2
         # Stay strictly inside the start cell, whatever the noise.
         limit = config.cell_size / 2 * (1 - 1e-6)
@@ -286,7 +284,6 @@ class PinpadLogic(EpisodeBatch):
         wall = alive & (code >= config.n_colours)
         completed = correct & (self.progress == self.task_lengths)
         failure = alive & ((is_colour & ~correct) | wall | extra)
-        self.success |= completed
         self.terminated |= completed | failure
         self.truncated |= alive & ~self.terminated & (self.t >= config.horizon)
         self.done = self.terminated | self.truncated
@@ -385,6 +382,10 @@ class PinpadBatchState:
     @property
     def t(self) -> np.ndarray:
         return self.logic.t
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.logic.success
 
 
 def single_env_info(logic: PinpadLogic, step_info: dict[str, np.ndarray], xy: np.ndarray) -> dict[str, Any]:

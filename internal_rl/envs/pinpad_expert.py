@@ -148,7 +148,7 @@ def rollout_expert(
     arrays["layouts"] = env.logic.layouts.copy()
     arrays["start_cells"] = start_cells
     arrays["task_ids"] = env.logic.task_ids.copy()
-    arrays["success"] = env.logic.success.copy()
+    arrays["success"] = env.success.copy()
     return arrays
 
 

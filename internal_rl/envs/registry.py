@@ -9,10 +9,7 @@ ant pinpad run through the same code:
     point-pinpad   PointPinpadConfig    BatchedPointPinpad   PointExpert                 one colour
     ant-pinpad     AntPinpadConfig      BatchedAntPinpad     AntExpert (scripted gait)   one colour
 
-A batched env (N episodes in numpy, no autoreset) offers: `num_envs`, `config` (with `horizon`, `obs_dim`,
-`n_colours`, `tasks`), `reset(seed, tasks) -> obs`, `step(actions) -> (obs, reward, terminated, truncated,
-info)`, `observations()`, `target()` (the next colour, -1 once done), and the arrays `done`, `terminated`,
-`truncated`, `progress`, `task_lengths`, `tasks`, `t`. Actions are int [N] (grid) or float [N, act_dim].
+A batched env (N episodes in numpy, no autoreset) meets the `BatchedEnv` protocol of `envs/batched_env.py`.
 
 Classes are named as "module:attribute" and imported on use: the ant imports MuJoCo.
 """
@@ -26,6 +23,7 @@ import numpy as np
 
 from internal_rl.common.config import config_to_dict
 from internal_rl.common.errors import ConfigError
+from internal_rl.envs.batched_env import BatchedEnv
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, Task, TaskSplit, with_tasks
 
 if TYPE_CHECKING:
@@ -80,7 +78,7 @@ class EnvSpec:
     def default_config(self) -> Any:
         return self.config_type()
 
-    def make_batched(self, config: Any, num_envs: int) -> Any:
+    def make_batched(self, config: Any, num_envs: int) -> BatchedEnv:
         """A batched env of `num_envs` episodes of `config`."""
         return _resolve(self.batched_class)(config, num_envs)
 
@@ -173,7 +171,7 @@ def spec_of_config(config: Any) -> EnvSpec:
     raise ConfigError(f"no environment uses a {type(config).__name__}; valid: {', '.join(ENVS)}")
 
 
-def make_batched_env(config: Any, num_envs: int) -> Any:
+def make_batched_env(config: Any, num_envs: int) -> BatchedEnv:
     """The batched env for an env config of any registered environment."""
     return spec_of_config(config).make_batched(config, num_envs)
 
@@ -194,4 +192,4 @@ def expert_successes(config: Any, num_envs: int, seed: int, tasks: Sequence[Task
         if env.done.all():
             break
         env.step(act(env, rng))
-    return np.asarray(env.progress) >= np.asarray(env.task_lengths)
+    return env.success.copy()

@@ -181,7 +181,7 @@ class BatchedInternalEnv:
     @property
     def successes(self) -> Tensor:
         """bool [N]: the episode ended by completing its task."""
-        return torch.from_numpy(self.env.terminated & (self.env.progress == self.env.task_lengths)).to(self.device)
+        return torch.from_numpy(self.env.success.copy()).to(self.device)
 
     def current_subgoals(self) -> Tensor:
         """int64 [N]: the subgoal of each episode's next colour (-1 once it has ended)."""
@@ -320,5 +320,5 @@ class InternalEnv(gymnasium.Env):
             "low_level_steps": low_level_steps,
             "progress": int(env.progress[0]),
             "task": tuple(int(c) for c in env.tasks[0, : env.task_lengths[0]]),
-            "success": bool(env.terminated[0] and env.progress[0] == env.task_lengths[0]),
+            "success": bool(env.success[0]),
         }
