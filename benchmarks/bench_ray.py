@@ -78,7 +78,7 @@ def rl_models(run: Path | None, switch_every_step: bool = False):
     task = GRID_POSTTRAIN_TASK
     if run is not None and (run / "metacontroller").is_dir():
         from internal_rl.models.base_model import load_base_model
-        from internal_rl.rl.training import env_config_of_run, load_method_metacontroller
+        from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller
 
         base = load_base_model(run)
         return base, load_method_metacontroller(run, "internal"), env_config_of_run(run, base, task), str(run)

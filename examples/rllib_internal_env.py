@@ -25,7 +25,7 @@ def make_env(env_config: dict) -> InternalEnv:
     if env_config.get("run"):
         from internal_rl.envs.tasks import parse_task
         from internal_rl.models.base_model import load_base_model
-        from internal_rl.rl.training import env_config_of_run, load_method_metacontroller
+        from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller
 
         run = Path(env_config["run"])
         base_model = load_base_model(run)

@@ -91,10 +91,12 @@ def _pretrain(args: argparse.Namespace) -> None:
     from internal_rl.envs.registry import ENVS
     from internal_rl.models.pretraining import pretrain_preset
     from internal_rl.pipeline.pretrain_stage import run_pretraining
+    from internal_rl.pipeline.run_folder import PRETRAIN, RunFolder
 
     config = pretrain_preset(args.preset, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    stage = _output_folder(args.out) / "pretrain"
-    if args.resume and not (stage / "checkpoint").is_dir():
+    run = RunFolder(_output_folder(args.out))
+    stage = run.pretrain
+    if args.resume and not run.checkpoint(PRETRAIN).is_dir():
         raise ConfigError(f"--resume: {stage} has no checkpoint to continue; drop --resume to start a new run there")
     env = read_manifest(args.data).get("env", "gridworld")
     if env not in ENVS:  # every later stage needs the env (rollouts, RL): refuse it here, not two stages on
@@ -108,20 +110,22 @@ def _pretrain(args: argparse.Namespace) -> None:
     result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
     held_out = result["held_out"]
     print(f"pretrained base model in {stage}: held-out action accuracy {held_out['action_accuracy']:.3f}, "
-          f"NLL {held_out['action_nll']:.3f}; evaluation in {stage / 'eval.json'}")
+          f"NLL {held_out['action_nll']:.3f}; evaluation in {run.pretrain_eval}")
 
 
 def _rl(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
     from internal_rl.common.config import load_json
-    from internal_rl.rl.training import posttrain_task_of_run, result_path, rl_config, run_rl_seeds
+    from internal_rl.pipeline.rl_stage import run_rl_seeds
+    from internal_rl.pipeline.run_folder import RunFolder
+    from internal_rl.rl.training import rl_config
 
     # A bad preset or override, or results that would be overwritten or mixed, fail before Ray starts or any
     # model loads.
     rl_config(args.preset, args.method, episodes=args.episodes, lr=args.lr, batch=args.batch)
-    run = Path(args.run)
-    task = parse_task(args.task) if args.task is not None else posttrain_task_of_run(run)
-    ours = [result_path(run, args.method, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    run = RunFolder(args.run)
+    task = parse_task(args.task) if args.task is not None else run.posttrain_task()
+    ours = [run.rl_result(args.method, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     _refuse_overwrite(ours, args.force)
     for other in sorted(set(ours[0].parent.glob("seed_*.json")) - set(ours)):
         other_task = tuple(load_json(other).get("task") or ())
@@ -135,7 +139,7 @@ def _rl(args: argparse.Namespace) -> None:
         workers = RayRolloutWorkers(args.workers)
     results = run_rl_seeds(
         args.method,
-        run,
+        run.root,
         task,
         args.seeds,
         args.preset,
@@ -154,33 +158,35 @@ def _rl(args: argparse.Namespace) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.run_folder import RunFolder
     from internal_rl.pipeline.run_steps import probe_run
 
-    run = Path(args.run)
-    _refuse_overwrite([run / "probes.json"], args.force)
+    run = RunFolder(args.run)
+    _refuse_overwrite([run.probes], args.force)
     data = Path(args.data) if args.data else None
-    results = probe_run(run, args.preset, data=data, seed=args.seed, steps=args.steps)
+    results = probe_run(run.root, args.preset, data=data, seed=args.seed, steps=args.steps)
     layers = " ".join(f"{r['layer']}:{r['accuracy']:.2f}" for r in results["layers"])
     print(f"probe accuracy by layer {layers} (majority {results['majority_baseline']:.2f}); "
-          f"best layer {results['best_layer']}; wrote {run / 'probes.json'} and {run / 'probes.png'}")
+          f"best layer {results['best_layer']}; wrote {run.probes} and {run.probes_plot}")
 
 
 def _steer(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.run_folder import RunFolder
     from internal_rl.pipeline.run_steps import steer_run
 
-    run = Path(args.run)
-    _refuse_overwrite([run / "steering.json"], args.force)
+    run = RunFolder(args.run)
+    _refuse_overwrite([run.steering], args.force)
     data = Path(args.data) if args.data else None
-    results = steer_run(run, args.preset, data=data, layers=args.layers, seed=args.seed, steps=args.steps,
+    results = steer_run(run.root, args.preset, data=data, layers=args.layers, seed=args.seed, steps=args.steps,
                         episodes=args.episodes, device=args.device)
     rows = " ".join(f"{r['layer'] if r['layer'] is not None else r['hook']}:{r['single']['success']:.2f}/"
                     f"{r['chained_posttrain']['success']:.2f}" for r in results["layers"])
     print(f"success single/chained(post-training) by layer {rows}; best layer {results['best_layer']}; "
-          f"wrote {run / 'steering.json'} and {run / 'steering.png'}")
+          f"wrote {run.steering} and {run.steering_plot}")
 
 
 def _metacontroller(args: argparse.Namespace) -> None:
-    from internal_rl.metacontroller.training import train_metacontroller_run
+    from internal_rl.pipeline.metacontroller_stage import train_metacontroller_run
 
     rank = {"rank": args.rank} if "rank" in args else {}  # absent: the library's default rank
     summary = train_metacontroller_run(
@@ -195,17 +201,14 @@ def _metacontroller(args: argparse.Namespace) -> None:
 
 
 def _analyse(args: argparse.Namespace) -> None:
-    from internal_rl.analysis.switching import alpha_sweep, analyse_run
-    from internal_rl.metacontroller.modules import stage_suffix
+    from internal_rl.envs.tasks import parse_task
+    from internal_rl.pipeline.run_folder import RunFolder
+    from internal_rl.pipeline.run_steps import alpha_sweep, analyse_run, replay_run
 
-    run = Path(args.run)
-    suffix = stage_suffix(args.stage)
+    run = RunFolder(args.run)
     if args.code_replay is not None:
-        from internal_rl.analysis.code_replay import replay_run
-        from internal_rl.envs.tasks import parse_task
-
-        _refuse_overwrite([run / f"code_replay{suffix}.json"], args.force)
-        result = replay_run(run, parse_task(args.code_replay), stage_name=args.stage, episodes=args.episodes)
+        _refuse_overwrite([run.code_replay(args.stage)], args.force)
+        result = replay_run(run.root, parse_task(args.code_replay), stage_name=args.stage, episodes=args.episodes)
         success = {key: result[key]["success"] for key in ("demonstration", "residual_linear", "mean_code", "prior")}
         print(f"task {args.code_replay}, {result['solvable_layouts']} layouts the expert solves; success with codes "
               f"inferred from the demonstrations {success['demonstration']:.3f}, predicted linearly from the residual "
@@ -213,16 +216,16 @@ def _analyse(args: argparse.Namespace) -> None:
               f"prior {success['prior']:.3f}")
         return
     if args.alpha_sweep is not None:
-        _refuse_overwrite([run / "alpha_sweep.json"], args.force)
-        result = alpha_sweep(run, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
+        _refuse_overwrite([run.alpha_sweep], args.force)
+        result = alpha_sweep(run.root, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
                              max_episodes=args.episodes, device=args.device)
         for row in result["rows"]:
             print(f"alpha {row['alpha']:g}: NLL {row['action_nll']:.3f}, {row['switches_per_episode']:.2f} switches "
                   f"per episode (true {row['true_subgoals_per_episode']:.2f}), F1 {row['f1']:.2f}")
-        print(f"wrote {run / 'alpha_sweep.json'} and {result['plot']}")
+        print(f"wrote {run.alpha_sweep} and {result['plot']}")
         return
-    _refuse_overwrite([run / f"switching{suffix}.json"], args.force)
-    report = analyse_run(run, stage_name=args.stage, data=args.data, max_episodes=args.episodes)
+    _refuse_overwrite([run.switching(args.stage)], args.force)
+    report = analyse_run(run.root, stage_name=args.stage, data=args.data, max_episodes=args.episodes)
     sw, seg, true = report["subgoal_switches"], report["segment_length"], report["true_subgoal_length"]
     print(f"switch F1 {sw['f1']:.3f} (precision {sw['precision']:.3f}, recall {sw['recall']:.3f}); "
           f"NMI(z, subgoal) step {report['nmi']['step']:.3f}, segment {report['nmi']['segment']:.3f}; "

@@ -22,8 +22,9 @@ from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset
 from internal_rl.data.generate import rollout_chunk
 from internal_rl.envs.tasks import parse_task, with_tasks
-from internal_rl.metacontroller.modules import stage_base_model
-from internal_rl.rl.training import env_config_of_run, load_method_metacontroller, rl_config, run_rl
+from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller, run_rl
+from internal_rl.pipeline.run_folder import RunFolder
+from internal_rl.rl.training import rl_config
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     task = parse_task(args.task)
-    base = stage_base_model(args.run, None)
+    base = RunFolder(args.run).base_model()
     metacontroller = load_method_metacontroller(args.run, "internal")
     env_config = with_tasks(env_config_of_run(args.run, base, task), [task])
     # Layouts from their own seed: RL trains and evaluates on layouts drawn from its seeds.

@@ -34,7 +34,8 @@ from internal_rl.pipeline.run_steps import load_controller_decoder
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.ppo import PPOConfig
 from internal_rl.rl.subgoal_codes import SubgoalCodes
-from internal_rl.rl.training import RLConfig, env_config_of_run, train_rl
+from internal_rl.pipeline.rl_stage import env_config_of_run
+from internal_rl.rl.training import RLConfig, train_rl
 
 
 @torch.no_grad()

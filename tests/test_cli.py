@@ -58,7 +58,7 @@ def test_rl_accepts_every_preset_of_the_rl_code_and_lists_them_for_a_bad_one(tmp
 @pytest.mark.parametrize(("argv", "expected"), [([], {}), (["--rank", "full"], {"rank": None}),
                                                 (["--rank", "4"], {"rank": 4})])
 def test_metacontroller_rank_reaches_the_training_run(tmp_path, monkeypatch, argv, expected):
-    import internal_rl.metacontroller.training as training
+    import internal_rl.pipeline.metacontroller_stage as stage
 
     calls = []
 
@@ -67,7 +67,7 @@ def test_metacontroller_rank_reaches_the_training_run(tmp_path, monkeypatch, arg
         final = {"heldout_nll": 0.0, "heldout_kl": 0.0, "heldout_switches_per_episode": 0.0}
         return {"stage": str(run_dir), "train_seconds": 0.0, "final": final}
 
-    monkeypatch.setattr(training, "train_metacontroller_run", fake_run)
+    monkeypatch.setattr(stage, "train_metacontroller_run", fake_run)
     assert main(["metacontroller", "--run", str(tmp_path)] + argv) == 0
     assert {k: v for k, v in calls[0].items() if k == "rank"} == expected
 

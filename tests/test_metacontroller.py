@@ -507,7 +507,7 @@ def test_cli_refuses_run_without_base_model(tmp_path, capsys):
 def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     from internal_rl.cli import main
     from internal_rl.common.config import load_json
-    from internal_rl.metacontroller.modules import stage_base_model
+    from internal_rl.pipeline.run_folder import RunFolder
     from internal_rl.models.base_model import BaseModelConfig, load_base_model
     from internal_rl.models.pretraining import PretrainConfig
     from internal_rl.pipeline.pretrain_stage import run_pretraining
@@ -535,7 +535,7 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     assert main(["metacontroller", "--run", str(run), "--steps", "2", "--cotrain", "scratch", "--force-switch"]) == 2
     assert main(["metacontroller", "--run", str(run), "--steps", "2", "--cotrain", "scratch"]) == 0
     stage = run / "metacontroller-cotrained"
-    cotrained, pretrained = stage_base_model(run, stage.name), stage_base_model(run, "metacontroller")
+    cotrained, pretrained = RunFolder(run).base_model(stage.name), RunFolder(run).base_model("metacontroller")
     assert torch.equal(cotrained.ln_final.weight, load_base_model(stage / "base_model").ln_final.weight)
     assert torch.equal(pretrained.ln_final.weight, load_base_model(run).ln_final.weight)
     assert not torch.equal(cotrained.obs_embed.weight, pretrained.obs_embed.weight)

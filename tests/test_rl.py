@@ -25,7 +25,8 @@ from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
 from internal_rl.rl.ppo import PPOConfig, RolloutBatch, clipped_surrogate, normalised_advantages, ppo_update
 from internal_rl.rl.rollouts import collect_internal_rollouts, collect_raw_rollouts
-from internal_rl.rl.training import RLConfig, rl_preset, run_rl, train_rl
+from internal_rl.pipeline.rl_stage import run_rl
+from internal_rl.rl.training import RLConfig, rl_preset, train_rl
 
 HOOK = "blocks.0.hook_resid_post"
 # A grid world small enough to learn in seconds: 3x3, two colours, no walls. Pretraining tasks: visit

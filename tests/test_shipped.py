@@ -59,14 +59,14 @@ def test_install_puts_a_stage_into_a_run_folder(tmp_path):
 
 
 def test_the_demo_pipeline_installs_the_shipped_models_instead_of_training(tmp_path, monkeypatch):
-    from internal_rl.analysis import code_replay, switching
+    from internal_rl.pipeline import reproduce
     from internal_rl.pipeline.reproduce import pipeline_stages
 
     # The analyses that follow the metacontroller stage are tested elsewhere; here only what they are given.
     analysed = []
-    monkeypatch.setattr(switching, "analyse_run", lambda run, stage_name: analysed.append(stage_name) or
+    monkeypatch.setattr(reproduce, "analyse_run", lambda run, stage_name: analysed.append(stage_name) or
                         {"subgoal_switches": {"f1": 1.0}, "nmi": {"segment": 0.0}})
-    monkeypatch.setattr(code_replay, "replay_run", lambda run, task, seed: {"demonstration": {"success": 0.0}})
+    monkeypatch.setattr(reproduce, "replay_run", lambda run, task, seed: {"demonstration": {"success": 0.0}})
     preset = dataclasses.replace(DEMO, episodes=64, clean_episodes=64)
     stages = {stage.name: stage for stage in pipeline_stages("gridworld", preset, show_progress=False)}
     stages["generate"].run(tmp_path)

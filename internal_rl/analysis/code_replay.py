@@ -21,7 +21,6 @@ says the codes do not carry what the task needs, whatever RL does with them. Gri
 expert that rolls out on layouts the internal-RL environment can reproduce (`data.generate.rollout_chunk`).
 """
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -29,14 +28,11 @@ import torch
 from torch import Tensor
 
 from internal_rl.analysis.switching import predicted_switches
-from internal_rl.common.config import save_json
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task, with_tasks
 from internal_rl.rl.internal_env import BatchedInternalEnv
-
-REPLAY_FILE = "code_replay.json"
 
 
 @torch.no_grad()
@@ -174,32 +170,3 @@ def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: T
         "mean_code": run(mean_code),
         "prior": run(prior),
     }
-
-
-def replay_run(run_dir: Path, task: Task, *, stage_name: str = "metacontroller", episodes: int = 256,
-               seed: int = 0) -> dict[str, Any]:
-    """`replay_codes` for RUN's base model and metacontroller stage; writes RUN/code_replay.json."""
-    from internal_rl.common.checkpoint import load_checkpoint
-    from internal_rl.data.dataset import read_manifest
-    from internal_rl.metacontroller.modules import (
-        find_metacontroller_checkpoint, load_metacontroller, stage_base_model, stage_suffix,
-    )
-    from internal_rl.rl.training import env_config_of_run
-
-    run_dir = Path(run_dir)
-    base = stage_base_model(run_dir, stage_name)
-    config = env_config_of_run(run_dir, base, task)
-    if not isinstance(config, GridWorldConfig):
-        raise ConfigError("code replay needs the grid world's expert (it replays the expert's layouts); "
-                          f"{run_dir} was pretrained in {type(config).__name__}")
-    checkpoint = find_metacontroller_checkpoint(run_dir / stage_name)
-    metacontroller = load_metacontroller(checkpoint)
-    # Demonstrations like the metacontroller's training data: the noiseless expert's if it trained on D*
-    # (if that dataset has moved, the expert's usual ones; the result records which).
-    data = Path(load_checkpoint(checkpoint)[1]["dataset"]["path"])
-    noiseless = data.is_dir() and bool(read_manifest(data).get("expert_mean_actions", False))
-    result = {"stage": stage_name, **replay_codes(base, metacontroller, task, episodes=episodes, seed=seed,
-                                                  env_config=config, noiseless=noiseless)}
-    suffix = stage_suffix(stage_name)
-    save_json(run_dir / REPLAY_FILE.replace(".json", f"{suffix}.json"), result)
-    return result

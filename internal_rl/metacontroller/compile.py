@@ -40,7 +40,6 @@ from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import check
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 
-COMPILE_DIR = "compile"  # a run folder's CompILE stage
 
 
 @dataclass(frozen=True)

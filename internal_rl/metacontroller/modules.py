@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import CheckpointError, check
 from internal_rl.metacontroller.compile import CompILE, CompILEConfig
-from internal_rl.models.base_model import CHECKPOINT_SUBDIR, BaseModel, load_base_model
+from internal_rl.models.base_model import CHECKPOINT_SUBDIR
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.models.hawk import HawkBlock, HawkConfig
 
@@ -319,26 +319,9 @@ class Metacontroller(nn.Module):
 Segmenter = Metacontroller | CompILE
 SegmenterConfig = MetacontrollerConfig | CompILEConfig
 
-# A run folder's metacontroller stage, and the checkpoint folder inside it (the pretrain stage's layout).
+# The default metacontroller stage folder of a run (pipeline/run_folder.py holds the whole layout): the loader
+# also accepts a run folder and looks for its checkpoint there.
 METACONTROLLER_DIR = "metacontroller"
-NO_SWITCH_DIR = "metacontroller-no-switch"  # the force_switch (beta == 1) ablation
-LABEL_SWITCHES_DIR = "metacontroller-label-switches"  # the label_switches diagnostic
-COTRAINED_DIR = "metacontroller-cotrained"  # the co-training baseline: trained jointly with its own base model
-COTRAINED_BASE_SUBDIR = "base_model"  # that base model's checkpoint folder, inside the stage folder
-
-
-def stage_suffix(stage_name: str) -> str:
-    """What an analysis of metacontroller stage `stage_name` appends to its result files' names ("" for the
-    default stage): switching.json, switching_metacontroller-no-switch.json, ..."""
-    return "" if stage_name == METACONTROLLER_DIR else f"_{stage_name}"
-
-
-def stage_base_model(run_dir: Path, stage: str | None) -> BaseModel:
-    """The frozen base model that RUN's metacontroller stage `stage` acts through: the one co-trained with it
-    (STAGE/base_model/) where there is one, else RUN's pretrained base model (also for `stage` None)."""
-    if stage is not None and (Path(run_dir) / stage / COTRAINED_BASE_SUBDIR).is_dir():
-        return load_base_model(Path(run_dir) / stage / COTRAINED_BASE_SUBDIR)
-    return load_base_model(run_dir)
 
 
 def find_metacontroller_checkpoint(path: Path) -> Path:

@@ -36,27 +36,19 @@ import torch
 from torch import Tensor, nn
 
 from internal_rl.common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from internal_rl.common.config import config_to_dict, load_json, replace, save_json
+from internal_rl.common.config import config_to_dict, replace
 from internal_rl.common.device import describe_device, module_device, resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
-from internal_rl.metacontroller.compile import COMPILE_DIR, CompILE, CompILEConfig
+from internal_rl.metacontroller.compile import CompILE, CompILEConfig
 from internal_rl.metacontroller.modules import (
-    CHECKPOINT_SUBDIR,
-    COTRAINED_BASE_SUBDIR,
-    COTRAINED_DIR,
-    LABEL_SWITCHES_DIR,
-    METACONTROLLER_DIR,
-    NO_SWITCH_DIR,
     Metacontroller,
-    MetacontrollerConfig,
     Segmenter,
     SegmenterConfig,
     label_switch_gate,
     segmenter_key,
 )
-from internal_rl.models.base_model import BaseModel, load_base_model, save_base_model
 from internal_rl.models.controller import apply_controller
 
 
@@ -378,93 +370,3 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gene
     generator.set_state(state["generator"])
     set_rng_state(state["rng"])
     return int(state["step"]), list(state["history"])
-
-
-# --- run folders ----------------------------------------------------------------------------------------
-
-
-def dataset_of_run(run_dir: Path) -> Path:
-    """The dataset folder pretraining recorded in the base model's checkpoint config ("dataset": {"path": ...})."""
-    from internal_rl.models.base_model import find_base_model_checkpoint
-
-    config_path = find_base_model_checkpoint(run_dir) / "config.json"
-    recorded = load_json(config_path).get("dataset")
-    if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
-        return Path(recorded["path"])
-    raise ConfigError(f"{config_path} records no dataset path (expected 'dataset': {{'path': ...}}); pass --data DIR")
-
-
-def train_metacontroller_run(
-    run_dir: Path,
-    *,
-    preset_name: str = "quick",
-    data: Path | None = None,
-    alpha: float | None = None,
-    steps: int | None = None,
-    seed: int | None = None,
-    force_switch: bool = False,
-    label_switches: bool = False,
-    resume: bool = False,
-    stage_name: str | None = None,
-    show_progress: bool = True,
-    rank: int | None = MetacontrollerConfig.rank,
-    device: str | torch.device = "cpu",
-    cotrain: str | None = None,
-    compile_baseline: bool = False,
-) -> dict[str, Any]:
-    """Train the metacontroller of run folder `run_dir` against its base model into RUN/<stage_name>/
-    (default: RUN/metacontroller, RUN/metacontroller-no-switch for the `force_switch` ablation,
-    RUN/metacontroller-label-switches for the `label_switches` diagnostic, RUN/metacontroller-cotrained
-    for the co-training baseline, or RUN/compile for the CompILE baseline, `compile_baseline`).
-
-    Layout (as the pretrain stage): checkpoint/ (weights, config.json, training state), tb/, summary.json.
-    `cotrain` ("scratch" or "pretrained", `COTRAIN_INITS`) trains a base model jointly, from random weights of
-    the run's base model's architecture or from its pretrained weights, and writes it to STAGE/base_model/.
-    `rank` is the controller's (None: full rank, the ant's). It trains on `device`.
-    The dataset is the one pretraining recorded, unless `data` is given. Refuses to overwrite an existing
-    checkpoint unless `resume` (which continues it, or starts afresh when there is none). Returns the
-    summary (also written to summary.json).
-    """
-    from internal_rl.data.dataset import load_dataset
-
-    check(cotrain is None or cotrain in COTRAIN_INITS,
-          f"unknown co-training start {cotrain!r}; valid: {', '.join(COTRAIN_INITS)}")
-    check(cotrain is None or not (force_switch or label_switches),
-          "co-training trains a metacontroller with learned switching; it cannot be combined with --force-switch "
-          "or --label-switches")
-    check(not compile_baseline or not (force_switch or label_switches or cotrain),
-          "the CompILE baseline learns its own boundaries against the frozen base model; it cannot be combined "
-          "with --force-switch, --label-switches or --cotrain")
-    if stage_name is None:
-        stage_name = (NO_SWITCH_DIR if force_switch else LABEL_SWITCHES_DIR if label_switches
-                      else COTRAINED_DIR if cotrain else COMPILE_DIR if compile_baseline else METACONTROLLER_DIR)
-    check(stage_name not in ("pretrain", "data", "data-clean", "rl", "stages", "figures"),
-          f"--stage {stage_name} is a folder of the run's other stages; name a new metacontroller stage")
-    stage = Path(run_dir) / stage_name
-    checkpoint_dir = stage / CHECKPOINT_SUBDIR
-    if checkpoint_dir.exists() and not resume:
-        raise CheckpointError(f"{stage} already holds a metacontroller; pass --resume to continue it, or delete it")
-    train = preset(preset_name)
-    train = replace(train, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
-    alpha_override = {} if alpha is None else {"alpha": alpha}
-    config = (CompILEConfig(rank=rank, **alpha_override) if compile_baseline else
-              MetacontrollerConfig(force_switch=force_switch, label_switches=label_switches, rank=rank, **alpha_override))
-    data_dir = Path(data) if data is not None else dataset_of_run(run_dir)
-    dataset = load_dataset(data_dir)
-    base = load_base_model(run_dir, frozen=cotrain is None)
-    if cotrain == "scratch":
-        with torch.random.fork_rng(devices=[]):  # seeded, and the global RNG the training seeds stays untouched
-            torch.manual_seed(derive_seed(train.seed, "cotrain-init"))
-            base = BaseModel(base.config)
-    extra = {"dataset": {"path": str(data_dir.resolve()), "checksum": dataset.checksum}, "preset": preset_name,
-             **({"cotrain_init": cotrain} if cotrain else {})}
-    _, summary = train_metacontroller(
-        base, dataset, config, train, checkpoint_dir=checkpoint_dir, log_dir=stage / "tb", resume=resume,
-        extra_config=extra, show_progress=show_progress, device=device, cotrain=cotrain is not None,
-    )
-    if cotrain is not None:
-        save_base_model(stage / COTRAINED_BASE_SUBDIR, base, {**extra, "step": train.steps})
-    summary = {**summary, "dataset": extra["dataset"], "preset": preset_name, "stage": str(stage), "cotrain": cotrain,
-               "compile": compile_baseline}
-    save_json(stage / "summary.json", summary)
-    return summary

@@ -2,24 +2,7 @@
 ending in a report. The environment only changes the presets and what the registry (`envs/registry.py`)
 hands each stage; the stages are the same.
 
-Run folder layout (every stage writes only its own part):
-
-    DIR/reproduce.json          the preset this folder was started with (a resume must use the same one)
-    DIR/data/                   expert dataset (manifest.json, trajectories.npz)
-    DIR/data-clean/             the expert's noiseless actions (D*), for controllers and metacontroller
-                                (pinpad presets and the grid world's long preset)
-    DIR/pretrain/               base model checkpoint/, tb/, eval.json
-    DIR/probes.json, .png       linear probes per layer
-    DIR/steering.json, .png     supervised subgoal controllers per layer
-    DIR/steering_controllers/<hook>/   each layer's fitted controller decoder (a checkpoint folder)
-    DIR/metacontroller/         metacontroller checkpoint/, tb/, summary.json
-    DIR/switching.json, switching_beta.png
-    DIR/code_replay.json        grid world: the metacontroller's codes replayed on the RL task
-    DIR/metacontroller-no-switch/, switching_metacontroller-no-switch.json   the beta == 1 ablation
-    DIR/rl/<method>/seed_<k>.json                                            RL learning curves
-    DIR/videos/*.gif, videos.json   pinpad: expert, base model, supervised and discovered controller episodes
-    DIR/stages/<stage>.json     marker of a finished stage (its summary and wall time)
-    DIR/report.md, results.json, figures/
+The run folder's layout is `pipeline/run_folder.py`'s.
 """
 
 import math
@@ -31,16 +14,28 @@ import torch
 
 from internal_rl.common.config import config_to_dict, load_json, replace, save_json
 from internal_rl.common.device import describe_device, resolve_device
-from internal_rl.common.errors import ConfigError
+from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
-from internal_rl.metacontroller.compile import COMPILE_DIR
-from internal_rl.metacontroller.modules import COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR
-from internal_rl.pipeline.run_steps import load_steering_decoder, probe_run, steer_run
+from internal_rl.analysis.probes import probe_preset
+from internal_rl.analysis.steering import steer_preset
+from internal_rl.data.generate import generate_dataset
+from internal_rl.envs.registry import env_spec
+from internal_rl.metacontroller.training import COMPILE_PRESETS
+from internal_rl.metacontroller.training import preset as metacontroller_preset
+from internal_rl.models.hooks import controlled_hook
+from internal_rl.models.pretraining import pretrain_preset
+from internal_rl.pipeline.metacontroller_stage import train_metacontroller_run
+from internal_rl.pipeline.pretrain_stage import run_pretraining
+from internal_rl.pipeline.report import write_report
+from internal_rl.pipeline.rl_stage import run_rl_seeds
+from internal_rl.pipeline.run_folder import COMPILE_DIR, COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR, RunFolder
+from internal_rl.pipeline.run_steps import analyse_run, load_steering_decoder, probe_run, replay_run, steer_run
 from internal_rl.pipeline.shipped import install_shipped, shipped_stages
 from internal_rl.pipeline.stages import Stage, run_stages
-from internal_rl.rl.training import BASE_METHODS, METHODS, run_rl_seeds
-
+from internal_rl.pipeline.videos import write_videos
+from internal_rl.rl.training import BASE_METHODS, METHODS
+from internal_rl.rl.training import PRESETS as RL_PRESETS
 
 
 @dataclass(frozen=True)
@@ -137,12 +132,6 @@ ENV_PRESETS: dict[str, dict[str, ReproducePreset]] = {
 def stage_presets(preset: ReproducePreset) -> dict[str, Any]:
     """The settings of the stage presets that `preset` names, as JSON: what a resumed run must still match
     (a preset's step count can change between versions while its name stays)."""
-    from internal_rl.analysis.probes import probe_preset
-    from internal_rl.analysis.steering import steer_preset
-    from internal_rl.metacontroller.training import preset as metacontroller_preset
-    from internal_rl.models.pretraining import pretrain_preset
-    from internal_rl.rl.training import PRESETS as RL_PRESETS
-
     return {
         "pretrain": config_to_dict(pretrain_preset(preset.pretrain)),
         "probe": config_to_dict(probe_preset(preset.probe)),
@@ -162,37 +151,25 @@ def reproduce_preset(name: str, env: str = "gridworld") -> ReproducePreset:
     return presets[name]
 
 
-CLEAN_DATA = "data-clean"  # D*, beside DIR/data (D)
-VIDEOS = "videos"
-
-
 def pipeline_stages(
     env: str, preset: ReproducePreset, show_progress: bool = True, device: str | torch.device = "cpu"
 ) -> list[Stage]:
     """The pipeline of `env` (any registered environment) as a list of resumable stages; pretraining, the
     supervised controllers, the metacontrollers and RL train on `device`, the other analyses run on the CPU."""
-    from internal_rl.analysis.code_replay import replay_run
-    from internal_rl.analysis.switching import analyse_run
-    from internal_rl.data.generate import generate_dataset
-    from internal_rl.envs.registry import env_spec
-    from internal_rl.metacontroller.training import COMPILE_PRESETS, train_metacontroller_run
-    from internal_rl.models.pretraining import pretrain_preset
-    from internal_rl.pipeline.pretrain_stage import run_pretraining
-    from internal_rl.pipeline.report import write_report
-
     def clean_data(out: Path) -> Path | None:
-        return out / CLEAN_DATA if preset.clean_episodes else None
+        return RunFolder(out).clean_data if preset.clean_episodes else None
 
     def generate(out: Path) -> dict[str, Any]:
         spec = env_spec(env)
         config = None if preset.horizon is None else replace(spec.default_config(), horizon=preset.horizon)
         generate_dataset(
-            env, preset.episodes, out / "data", preset.seed, force=True, show_progress=show_progress, config=config
+            env, preset.episodes, RunFolder(out).data, preset.seed, force=True, show_progress=show_progress,
+            config=config,
         )
         summary: dict[str, Any] = {"episodes": preset.episodes}
         if preset.clean_episodes:
             generate_dataset(
-                env, preset.clean_episodes, out / CLEAN_DATA, derive_seed(preset.seed, "clean"), force=True,
+                env, preset.clean_episodes, RunFolder(out).clean_data, derive_seed(preset.seed, "clean"), force=True,
                 show_progress=show_progress, mean_actions=True, config=config,
             )
             summary["clean_episodes"] = preset.clean_episodes
@@ -204,7 +181,8 @@ def pipeline_stages(
         else:
             config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
             result, origin = run_pretraining(
-                config, out / "data", out / "pretrain", resume=True, show_progress=show_progress, device=device
+                config, RunFolder(out).data, RunFolder(out).pretrain, resume=True, show_progress=show_progress,
+                device=device,
             ), {}
         held_out = result["held_out"]  # accuracy is NaN for a Gaussian action head: leave it out
         keys = ("action_accuracy", "action_nll")
@@ -256,7 +234,7 @@ def pipeline_stages(
 
     def videos(out: Path) -> dict[str, Any]:
         result = video_run(out, env, seed=preset.seed)
-        save_json(out / VIDEOS / "videos.json", result)
+        save_json(RunFolder(out).videos_record, result)
         return {name: video["success"] for name, video in result.items()}
 
     stages = [
@@ -281,18 +259,9 @@ def video_run(run: Path, env: str, seed: int = 0) -> dict[str, dict[str, Any]]:
     """GIFs of the expert, the base model, the supervised controllers at the controlled layer L/2 (when the
     steering stage saved them) and the metacontroller's discovered controllers (when its analysis found
     them) into RUN/videos/; returns what `write_videos` returns."""
-    from internal_rl.common.errors import CheckpointError
-    from internal_rl.data.generate import env_config_from_manifest
-    from internal_rl.envs.registry import env_spec
-    from internal_rl.metacontroller.modules import load_metacontroller
-    from internal_rl.metacontroller.training import dataset_of_run
-    from internal_rl.models.base_model import load_base_model
-    from internal_rl.models.hooks import controlled_hook
-    from internal_rl.pipeline.videos import write_videos
-
-    run = Path(run)
-    model = load_base_model(run)
-    env_config = env_config_from_manifest(load_json(dataset_of_run(run) / "manifest.json"))
+    folder = RunFolder(run)
+    model = folder.base_model()
+    env_config = folder.env_config()
     hook = controlled_hook(model.n_layers)
     try:
         decoder = load_steering_decoder(run, hook)
@@ -300,12 +269,12 @@ def video_run(run: Path, env: str, seed: int = 0) -> dict[str, dict[str, Any]]:
         decoder = None
     discovered = None
     # An analysis written before the discovered controllers were recorded has no "controllers": no videos of them.
-    analysis = run / "switching.json"
+    analysis = folder.switching()
     controllers = load_json(analysis).get("controllers") if analysis.is_file() else None
     if controllers:
-        metacontroller = load_metacontroller(run)
+        metacontroller = folder.metacontroller()
         discovered = (metacontroller.controller_decoder, metacontroller.config.hook or hook, controllers["codes"])
-    return write_videos(run / VIDEOS, env_spec(env), env_config, model, decoder=decoder, hook=hook,
+    return write_videos(folder.videos, env_spec(env), env_config, model, decoder=decoder, hook=hook,
                         discovered=discovered, seed=seed)
 
 
@@ -330,7 +299,7 @@ def reproduce(
         "env": env, "preset": preset_name, "config": config_to_dict(preset), "stage_presets": stage_presets(preset),
         "device": describe_device(device),
     }
-    record_path = out / "reproduce.json"
+    record_path = RunFolder(out).reproduce_record
     if not record_path.is_file() and out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"{out} holds files but was not started by `reproduce` (no reproduce.json); "
                           "choose a new or empty --out")
@@ -358,7 +327,7 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     save_json(record_path, record)
     stages = pipeline_stages(env, preset, show_progress, device)
-    report_marker = out / "stages" / "report.json"
+    report_marker = RunFolder(out).stage_marker("report")
     report_marker.unlink(missing_ok=True)
     run_stages(out, stages)
-    return out / "report.md"
+    return RunFolder(out).report

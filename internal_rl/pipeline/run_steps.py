@@ -1,20 +1,31 @@
-"""Analysis steps on a run folder: read the run's model and dataset, write results beside them."""
+"""Analysis steps on a run folder: read the run's models and dataset, write results beside them
+(`RunFolder` says where): probes, supervised controllers, the switching analysis of a metacontroller stage,
+the alpha sweep, and the grid world's code replay."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
+from internal_rl.analysis.code_replay import replay_codes
+from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
+from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
+from internal_rl.analysis.switching import collect_traces, plot_alpha_sweep, plot_beta_traces, switching_report
+from internal_rl.common.checkpoint import load_checkpoint, save_checkpoint
 from internal_rl.common.config import load_json, replace, save_json
 from internal_rl.common.device import resolve_device
+from internal_rl.common.errors import CheckpointError, ConfigError
+from internal_rl.data.dataset import TrajectoryDataset, load_dataset, read_manifest
+from internal_rl.data.generate import env_config_from_manifest
+from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task
+from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, segmenter_key
+from internal_rl.models.controller import ControllerDecoder
+from internal_rl.pipeline.metacontroller_stage import train_metacontroller_run
+from internal_rl.pipeline.rl_stage import env_config_of_run
+from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, RunFolder
 
-
-def run_dataset(run: Path, data: Path | None = None) -> Path:
-    """`data` if given, else the dataset recorded in RUN's pretraining checkpoint."""
-    from internal_rl.metacontroller.training import dataset_of_run
-
-    return Path(data) if data is not None else dataset_of_run(run)
+DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: the decoder's sizes
 
 
 def probe_run(
@@ -22,23 +33,15 @@ def probe_run(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Fit linear subgoal probes at every hook of RUN's base model; write RUN/probes.json and RUN/probes.png."""
-    from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
-    from internal_rl.data.dataset import load_dataset
-    from internal_rl.models.base_model import load_base_model
-
-    run = Path(run)
+    folder = RunFolder(run)
     config = probe_preset(preset)
     config = replace(config, **{k: v for k, v in {"seed": seed, "steps": steps}.items() if v is not None})
     results = probe_layers(
-        load_base_model(run), load_dataset(run_dataset(run, data)), config, show_progress=show_progress
+        folder.base_model(), load_dataset(folder.dataset_or(data)), config, show_progress=show_progress
     )
-    save_json(run / "probes.json", results)
-    plot_probe_results(results, run / "probes.png")
+    save_json(folder.probes, results)
+    plot_probe_results(results, folder.probes_plot)
     return results
-
-
-STEERING_CONTROLLERS = "steering_controllers"
-DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: the decoder's sizes
 
 
 def steer_run(
@@ -49,35 +52,28 @@ def steer_run(
     """Fit and evaluate supervised subgoal controllers per layer on `device`; write RUN/steering.json,
     RUN/steering.png and each layer's controller decoder as a checkpoint folder RUN/steering_controllers/<hook>/.
     The controllers are chained on `posttrain_task` (default: the env's post-training task)."""
-    from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
-    from internal_rl.data.dataset import load_dataset
-    from internal_rl.data.generate import env_config_from_manifest
-    from internal_rl.models.base_model import load_base_model
-
-    run = Path(run)
+    folder = RunFolder(run)
     overrides = {"seed": seed, "steps": steps, "episodes": episodes}
     config = replace(steer_preset(preset), **{k: v for k, v in overrides.items() if v is not None})
-    model = load_base_model(run).to(resolve_device(device))
-    dataset = load_dataset(run_dataset(run, data))
+    model = folder.base_model().to(resolve_device(device))
+    dataset = load_dataset(folder.dataset_or(data))
     hooks = resolve_layers(layers, model.n_layers)
 
     def save_decoder(hook: str, decoder: Any) -> None:
-        save_controller_decoder(run / STEERING_CONTROLLERS / hook, decoder)
+        save_controller_decoder(folder.steering_controller(hook), decoder)
 
     results = steer_layers(
         model, dataset, env_config_from_manifest(dataset.manifest), hooks, config, show_progress=show_progress,
         on_decoder=save_decoder, posttrain_task=posttrain_task,
     )
-    save_json(run / "steering.json", results)
-    probes = load_json(run / "probes.json") if (run / "probes.json").is_file() else None
-    plot_steering_results(results, run / "steering.png", probes=probes)
+    save_json(folder.steering, results)
+    probes = load_json(folder.probes) if folder.probes.is_file() else None
+    plot_steering_results(results, folder.steering_plot, probes=probes)
     return results
 
 
 def save_controller_decoder(path: Path, decoder: Any) -> None:
     """Write a controller decoder as a checkpoint folder whose config.json records its sizes."""
-    from internal_rl.common.checkpoint import save_checkpoint
-
     sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden,
              "shift": decoder.shift_head is not None}
     save_checkpoint(Path(path), decoder, {DECODER_KEY: sizes})
@@ -85,9 +81,7 @@ def save_controller_decoder(path: Path, decoder: Any) -> None:
 
 def load_steering_decoder(run: Path, hook: str) -> Any:
     """The supervised controller decoder `steer_run` fitted at `hook`, frozen."""
-    from internal_rl.common.errors import CheckpointError
-
-    path = Path(run) / STEERING_CONTROLLERS / hook
+    path = RunFolder(run).steering_controller(hook)
     if not path.is_dir():
         raise CheckpointError(f"no supervised controller for {hook} in {run} (run `internal-rl steer --run {run}`)")
     return load_controller_decoder(path)
@@ -95,10 +89,6 @@ def load_steering_decoder(run: Path, hook: str) -> Any:
 
 def load_controller_decoder(path: Path) -> Any:
     """A controller decoder from a checkpoint folder written by `save_controller_decoder`, frozen."""
-    from internal_rl.common.checkpoint import load_checkpoint
-    from internal_rl.common.errors import CheckpointError
-    from internal_rl.models.controller import ControllerDecoder
-
     weights, config, _ = load_checkpoint(Path(path))
     try:
         decoder = ControllerDecoder(**config[DECODER_KEY])
@@ -106,3 +96,82 @@ def load_controller_decoder(path: Path) -> Any:
     except (KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path} is not a controller decoder checkpoint: {str(err).splitlines()[0]}") from None
     return decoder.eval().requires_grad_(False)
+
+
+def held_out_episodes(checkpoint_config: dict[str, Any], data: Path | None = None) -> TrajectoryDataset:
+    """The held-out episodes a metacontroller checkpoint was not trained on (same split as its training), from
+    `data` or else the dataset its config records."""
+    data_dir = Path(data) if data is not None else Path(checkpoint_config["dataset"]["path"])
+    train = checkpoint_config["train"]
+    return load_dataset(data_dir).split(train["holdout_fraction"], train["seed"])[1]
+
+
+def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Path | None = None,
+                max_episodes: int = 1000, seed: int = 0, plot: bool = True) -> dict[str, Any]:
+    """Switching analysis of RUN's metacontroller on its held-out episodes; writes RUN/switching.json and
+    RUN/switching_beta.png (for the default stage) and returns the report."""
+    run = RunFolder(run_dir)
+    checkpoint = find_metacontroller_checkpoint(run.stage(stage_name))
+    _, config, _ = load_checkpoint(checkpoint)
+    held_out = held_out_episodes(config, data)
+    base = run.base_model(stage_name)
+    metacontroller = load_metacontroller(checkpoint)
+    traces = collect_traces(base, metacontroller, held_out, max_episodes)
+    model_config = config[segmenter_key(config, checkpoint)]
+    report = {"metacontroller": model_config, "step": config.get("step"), **switching_report(traces, seed=seed)}
+    if plot:
+        alpha = model_config["alpha"]
+        report["plot"] = str(plot_beta_traces(traces, run.switching_plot(stage_name),
+                                              title=f"beta_t on held-out episodes (alpha={alpha})"))
+    report["json"] = str(run.switching(stage_name))
+    save_json(Path(report["json"]), report)
+    return report
+
+
+def alpha_sweep(run_dir: Path, alphas: Sequence[float], *, preset_name: str = "quick", data: Path | None = None,
+                steps: int | None = None, seed: int | None = None, max_episodes: int = 500,
+                show_progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train one metacontroller per alpha on `device` (RUN/alpha_sweep/alpha_<a>/, resumable) and record the
+    trade-off between held-out action NLL and the number of switches; writes RUN/alpha_sweep.json and .png."""
+    if not alphas:
+        raise ConfigError("alpha_sweep: no alpha values given; e.g. --alpha-sweep 0,0.05,0.1")
+    run = RunFolder(run_dir)
+    rows = []
+    for alpha in alphas:
+        stage_name = run.alpha_sweep_stage(alpha)
+        train_metacontroller_run(run.root, preset_name=preset_name, data=data, alpha=alpha, steps=steps, seed=seed,
+                                 resume=True, stage_name=stage_name, show_progress=show_progress, device=device)
+        report = analyse_run(run.root, stage_name=stage_name, data=data, max_episodes=max_episodes, plot=False)
+        rows.append({
+            "alpha": alpha,
+            "action_nll": report["action_nll"],
+            "switches_per_episode": report["switches_per_episode"],
+            "true_subgoals_per_episode": report["true_subgoals_per_episode"],
+            "f1": report["subgoal_switches"]["f1"],
+            "nmi_step": report["nmi"]["step"],
+            "mean_segment_length": report["segment_length"]["mean"],
+        })
+    result = {"preset": preset_name, "rows": rows, "plot": str(plot_alpha_sweep(rows, run.alpha_sweep_plot))}
+    save_json(run.alpha_sweep, result)
+    return result
+
+
+def replay_run(run_dir: Path, task: Task, *, stage_name: str = METACONTROLLER_DIR, episodes: int = 256,
+               seed: int = 0) -> dict[str, Any]:
+    """`replay_codes` for RUN's base model and metacontroller stage; writes RUN/code_replay.json."""
+    run = RunFolder(run_dir)
+    base = run.base_model(stage_name)
+    config = env_config_of_run(run.root, base, task)
+    if not isinstance(config, GridWorldConfig):
+        raise ConfigError("code replay needs the grid world's expert (it replays the expert's layouts); "
+                          f"{run.root} was pretrained in {type(config).__name__}")
+    checkpoint = find_metacontroller_checkpoint(run.stage(stage_name))
+    metacontroller = load_metacontroller(checkpoint)
+    # Demonstrations like the metacontroller's training data: the noiseless expert's if it trained on D*
+    # (if that dataset has moved, the expert's usual ones; the result records which).
+    data = Path(load_checkpoint(checkpoint)[1]["dataset"]["path"])
+    noiseless = data.is_dir() and bool(read_manifest(data).get("expert_mean_actions", False))
+    result = {"stage": stage_name, **replay_codes(base, metacontroller, task, episodes=episodes, seed=seed,
+                                                  env_config=config, noiseless=noiseless)}
+    save_json(run.code_replay(stage_name), result)
+    return result

@@ -19,7 +19,8 @@ from internal_rl.common.checkpoint import copy_weights, load_checkpoint
 from internal_rl.common.config import load_json, save_json
 from internal_rl.common.errors import ConfigError
 from internal_rl.common.seeding import derive_seed
-from internal_rl.metacontroller.modules import CHECKPOINT_SUBDIR, METACONTROLLER_DIR, NO_SWITCH_DIR
+from internal_rl.models.base_model import CHECKPOINT_SUBDIR
+from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, NO_SWITCH_DIR
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
 PROVENANCE = "provenance.json"

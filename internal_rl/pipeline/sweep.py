@@ -21,10 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from internal_rl.common.config import load_json, save_json, save_text
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.envs.tasks import parse_task
-from internal_rl.rl.training import BASE_METHODS, METHODS, check_method, result_path, rl_config
+from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller, run_rl
+from internal_rl.pipeline.run_folder import RunFolder
+from internal_rl.rl.training import BASE_METHODS, METHODS, check_method, rl_config
 
 
 def _is_int(value: Any) -> bool:
@@ -151,10 +155,7 @@ def trials(config: SweepConfig) -> list[dict[str, Any]]:
 
 def check_run(config: SweepConfig) -> None:
     """Fail before any trial starts if the run folder lacks a model a method needs or a task is invalid for it."""
-    from internal_rl.models.base_model import load_base_model
-    from internal_rl.rl.training import env_config_of_run, load_method_metacontroller
-
-    base_model = load_base_model(Path(config.run))
+    base_model = RunFolder(config.run).base_model()
     for task in config.tasks:
         env_config_of_run(Path(config.run), base_model, parse_task(task))
     for method in config.methods:
@@ -189,13 +190,9 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     """One trial: `run_rl` into its group's folder (or the result already there); returns the summary a
     trial reports. `params` is a `trials` entry plus "run", "out" (resolved), "preset", "cpus" and "gpus" (> 0:
     the trial trains on the GPU Ray gave it)."""
-    import torch
-
-    from internal_rl.rl.training import run_rl
-
     torch.set_num_threads(params["cpus"])
     group = Path(params["out"]) / group_name(params["task"], params["hyperparameters"])
-    path = result_path(group, params["method"], params["seed"])
+    path = RunFolder(group).rl_result(params["method"], params["seed"])
     if path.is_file():  # finished before an interruption
         result = load_json(path)
     else:

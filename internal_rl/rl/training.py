@@ -29,23 +29,14 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from internal_rl.common.config import config_to_dict, load_json, replace, save_json
+from internal_rl.common.config import config_to_dict, replace
 from internal_rl.common.device import describe_device, resolve_device
-from internal_rl.common.errors import CheckpointError, ConfigError, check
+from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.registry import make_batched_env
-from internal_rl.envs.tasks import Task, validate_task
-from internal_rl.metacontroller.compile import COMPILE_DIR
-from internal_rl.metacontroller.modules import (
-    COTRAINED_DIR,
-    METACONTROLLER_DIR,
-    NO_SWITCH_DIR,
-    Segmenter,
-    load_metacontroller,
-    stage_base_model,
-)
+from internal_rl.metacontroller.modules import Segmenter
 from internal_rl.models.base_model import BaseModel
 from internal_rl.rl.internal_env import BETA_THRESHOLD, SWITCHES, BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
@@ -55,12 +46,6 @@ from internal_rl.rl.rollouts import Collect, collect_internal_rollouts, collect_
 # The paper's method and the baselines every pipeline runs; and all, with the co-training and CompILE baselines.
 BASE_METHODS: tuple[str, ...] = ("internal", "raw", "no-switch")
 METHODS: tuple[str, ...] = (*BASE_METHODS, "cotrained", "compile")
-# Where each method's metacontroller lives inside a run folder (written by `internal-rl metacontroller`, the
-# no-switch one by `--force-switch`, the co-trained one, with its own base model, by `--cotrain`, and
-# CompILE by `--compile`).
-METACONTROLLER_DIRS: dict[str, str] = {"internal": METACONTROLLER_DIR, "no-switch": NO_SWITCH_DIR,
-                                       "cotrained": COTRAINED_DIR, "compile": COMPILE_DIR}
-RL_DIR = "rl"
 
 
 @dataclass(frozen=True)
@@ -298,121 +283,6 @@ def train_rl(
             "rollout_env_steps_per_second": env_steps / max(rollout_seconds, 1e-9),
         },
     }
-
-
-# --- run folders ----------------------------------------------------------------------------------------
-
-
-def _run_env_config(run_dir: Path) -> Any:
-    """The config of the environment the run's pretraining data came from (its dataset manifest)."""
-    from internal_rl.data.generate import env_config_from_manifest
-    from internal_rl.metacontroller.training import dataset_of_run
-
-    data_dir = dataset_of_run(run_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckpointError(f"the dataset {data_dir} recorded by the base model of {run_dir} is missing (no manifest.json)")
-    return env_config_from_manifest(load_json(manifest_path))
-
-
-def posttrain_task_of_run(run_dir: Path) -> Task:
-    """The paper's post-training task of the environment RUN was pretrained in."""
-    from internal_rl.envs.registry import spec_of_config
-
-    return spec_of_config(_run_env_config(run_dir)).posttrain_task
-
-
-def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> Any:
-    """The environment the run's pretraining data came from (its dataset manifest), with `task` as its only task."""
-    env_config = _run_env_config(run_dir)
-    if env_config.obs_dim != base_model.config.obs_dim:
-        raise CheckpointError(
-            f"the dataset of {run_dir} has obs_dim {env_config.obs_dim}, its base model {base_model.config.obs_dim}"
-        )
-    return replace(env_config, tasks=(validate_task(task, env_config.n_colours),))
-
-
-def load_method_metacontroller(run_dir: Path, method: str) -> Segmenter | None:
-    """The frozen metacontroller `method` acts through (None for raw-action RL)."""
-    if check_method(method) == "raw":
-        return None
-    path = Path(run_dir) / METACONTROLLER_DIRS[method]
-    if not path.is_dir():
-        hint = {"no-switch": " (train it with `internal-rl metacontroller --force-switch`)",
-                "cotrained": " (train it with `internal-rl metacontroller --cotrain scratch|pretrained`)",
-                "compile": " (train it with `internal-rl metacontroller --compile`)"}.get(method, "")
-        raise CheckpointError(f"method {method!r} needs a metacontroller at {path}; none found{hint}")
-    return load_metacontroller(path)
-
-
-def result_path(run_dir: Path, method: str, seed: int) -> Path:
-    return Path(run_dir) / RL_DIR / method / f"seed_{seed}.json"
-
-
-def run_rl(
-    method: str,
-    run_dir: Path,
-    task: Task,
-    seed: int,
-    config: RLConfig,
-    *,
-    show_progress: bool = True,
-    workers: RolloutWorkers | None = None,
-    results_dir: Path | None = None,
-    device: str | torch.device = "cpu",
-    init_policy: Callable[[torch.nn.Module], None] | None = None,
-) -> dict[str, Any]:
-    """Train `method` on `task` from run folder `run_dir`; write RUN/rl/<method>/seed_<seed>.json; return it.
-
-    TensorBoard scalars go to RUN/rl/<method>/tensorboard/seed_<seed>. `results_dir` (a sweep's trial
-    group) replaces RUN as the folder the results go to; `workers` collect the episodes, `device` is
-    where the policy learns and `init_policy` warm-starts it (see `train_rl`).
-    """
-    run_dir = Path(run_dir)
-    base_model = stage_base_model(run_dir, METACONTROLLER_DIRS.get(method))  # the co-trained method's own
-    metacontroller = load_method_metacontroller(run_dir, method)
-    env_config = env_config_of_run(run_dir, base_model, task)
-    out = result_path(run_dir if results_dir is None else results_dir, method, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = train_rl(
-        method,
-        base_model,
-        metacontroller,
-        env_config,
-        seed,
-        config,
-        logdir=out.parent / "tensorboard" / f"seed_{seed}",
-        show_progress=show_progress,
-        workers=workers,
-        device=device,
-        init_policy=init_policy,
-    )
-    save_json(out, result)
-    return result
-
-
-def run_rl_seeds(
-    method: str,
-    run_dir: Path,
-    task: Task,
-    seeds: int,
-    preset: str = "quick",
-    *,
-    episodes: int | None = None,
-    lr: float | None = None,
-    batch: int | None = None,
-    first_seed: int = 0,
-    show_progress: bool = True,
-    workers: RolloutWorkers | None = None,
-    device: str | torch.device = "cpu",
-) -> list[dict[str, Any]]:
-    """`run_rl` for seeds first_seed .. first_seed + seeds - 1 with the named preset (and overrides)."""
-    check(seeds >= 1, f"--seeds {seeds}; expected >= 1")
-    config = rl_config(preset, method, episodes=episodes, lr=lr, batch=batch)
-    return [
-        run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers, device=device)
-        for seed in range(first_seed, first_seed + seeds)
-    ]
 
 
 def rl_config(preset: str, method: str, *, episodes: int | None = None, lr: float | None = None,
