@@ -646,3 +646,12 @@ def test_compile_finds_the_planted_two_phase_switch(tmp_path):
     assert summary["final"]["heldout_nll"] < 0.3
     loaded = load_metacontroller(tmp_path / "compile")  # the checkpoint loads as CompILE
     assert isinstance(loaded, CompILE) and loaded.config == model.config
+
+
+def test_the_metacontroller_and_compile_meet_the_segmenter_protocol():
+    from internal_rl.metacontroller.segmenter import Segmenter
+
+    for model in (Metacontroller(tiny_config()), CompILE(tiny_compile())):
+        assert isinstance(model, Segmenter)
+        for field in ("d_model", "hook", "n_z", "rank", "alpha", "force_switch", "label_switches"):
+            assert hasattr(model.config, field), (type(model).__name__, field)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from internal_rl.common.device import standard_normal
 from internal_rl.common.errors import CheckpointError, check
 from internal_rl.metacontroller.compile import CompILE, CompILEConfig
+from internal_rl.metacontroller.segmenter import Segmenter
 from internal_rl.models.base_model import CHECKPOINT_SUBDIR
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.models.hawk import HawkBlock, HawkConfig
@@ -313,11 +314,6 @@ class Metacontroller(nn.Module):
         """The controller U(z) for codes z [..., n_z] (the frozen decoder internal RL acts through)."""
         return self.controller_decoder(z)
 
-
-# What internal RL, the analyses and the metacontroller's trainer accept: the metacontroller or the CompILE
-# baseline (same forward outputs, switch_step, decode and config.hook / n_z / force_switch).
-Segmenter = Metacontroller | CompILE
-SegmenterConfig = MetacontrollerConfig | CompILEConfig
 
 # The default metacontroller stage folder of a run (pipeline/run_folder.py holds the whole layout): the loader
 # also accepts a run folder and looks for its checkpoint there.

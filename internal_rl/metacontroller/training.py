@@ -42,14 +42,10 @@ from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.metacontroller.compile import CompILE, CompILEConfig
-from internal_rl.metacontroller.modules import (
-    Metacontroller,
-    Segmenter,
-    SegmenterConfig,
-    label_switch_gate,
-    segmenter_key,
-)
+from internal_rl.metacontroller.modules import Metacontroller, label_switch_gate, segmenter_key
+from internal_rl.metacontroller.segmenter import Segmenter, SegmenterConfig
 from internal_rl.models.controller import apply_controller
+from internal_rl.models.hooks import controlled_hook, validate_hook
 
 
 @dataclass(frozen=True)
@@ -227,8 +223,6 @@ def freeze(base: nn.Module) -> nn.Module:
 
 def resolve_config(config: SegmenterConfig, base: nn.Module) -> SegmenterConfig:
     """Fill in the base model's width and controlled hook; refuse a hook the base model does not have."""
-    from internal_rl.models.hooks import controlled_hook, validate_hook
-
     hook = controlled_hook(base.n_layers) if config.hook is None else validate_hook(config.hook, base.n_layers)
     return replace(config, d_model=base.d_model, hook=hook)
 

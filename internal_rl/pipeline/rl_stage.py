@@ -9,7 +9,7 @@ import torch
 from internal_rl.common.config import replace, save_json
 from internal_rl.common.errors import CheckpointError, check
 from internal_rl.envs.tasks import Task, validate_task
-from internal_rl.metacontroller.modules import Segmenter
+from internal_rl.metacontroller.segmenter import Segmenter
 from internal_rl.models.base_model import BaseModel
 from internal_rl.pipeline.run_folder import METACONTROLLER_DIRS, RunFolder
 from internal_rl.rl.training import RLConfig, RolloutWorkers, check_method, rl_config, train_rl

@@ -34,7 +34,8 @@ from internal_rl.data.dataset import MANIFEST
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import Task
-from internal_rl.metacontroller.modules import Segmenter, load_metacontroller
+from internal_rl.metacontroller.modules import load_metacontroller
+from internal_rl.metacontroller.segmenter import Segmenter
 from internal_rl.models.base_model import CHECKPOINT_SUBDIR, BaseModel, find_base_model_checkpoint, load_base_model
 
 DATA = "data"
@@ -156,12 +157,16 @@ class RunFolder:
     def alpha_sweep_plot(self) -> Path:
         return self.root / f"{ALPHA_SWEEP}.png"
 
+    @property
+    def rl(self) -> Path:
+        return self.root / RL_DIR
+
     def rl_method(self, method: str) -> Path:
-        return self.root / RL_DIR / method
+        return self.rl / method
 
     def rl_methods(self) -> list[Path]:
         """The RUN/rl/<method>/ folders present, in no particular order."""
-        return [p for p in (self.root / RL_DIR).glob("*") if p.is_dir()]
+        return [p for p in self.rl.glob("*") if p.is_dir()]
 
     def rl_result(self, method: str, seed: int) -> Path:
         return self.rl_method(method) / f"seed_{seed}.json"

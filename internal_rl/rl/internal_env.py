@@ -51,7 +51,7 @@ from internal_rl.envs.tasks import Task
 from internal_rl.models.base_model import BaseModel, DecodingState
 from internal_rl.models.controller import ControllerParams, apply_controller
 from internal_rl.models.hooks import controlled_hook, validate_hook
-from internal_rl.metacontroller.modules import Segmenter
+from internal_rl.metacontroller.segmenter import Segmenter
 
 # decide(e [K, d_model], env_ids [K]) -> z [K, n_z]: the codes for the K episodes whose switch fired.
 Decide = Callable[[Tensor, Tensor], Tensor]

@@ -36,7 +36,7 @@ from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.registry import make_batched_env
-from internal_rl.metacontroller.modules import Segmenter
+from internal_rl.metacontroller.segmenter import Segmenter
 from internal_rl.models.base_model import BaseModel
 from internal_rl.rl.internal_env import BETA_THRESHOLD, SWITCHES, BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
