@@ -26,6 +26,8 @@ import torch
 from internal_rl.common.config import load_json, save_json, save_text
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.envs.tasks import parse_task
+from internal_rl.pipeline.report import write_report
+from internal_rl.pipeline.results import METHOD_NAMES, rl_summary
 from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller, run_rl
 from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.rl.training import BASE_METHODS, METHODS, check_method, rl_config
@@ -206,7 +208,6 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
 def write_sweep_report(config: SweepConfig) -> Path:
     """Each group's report (the ordinary run report) and OUT/results.json + OUT/report.md over the groups,
     all written atomically. Returns OUT/report.md."""
-    from internal_rl.pipeline.report import METHOD_NAMES, rl_summary, write_report
 
     def fmt(x: float | None, digits: int = 3) -> str:
         return "n/a" if x is None else f"{x:.{digits}f}"
