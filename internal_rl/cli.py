@@ -201,35 +201,52 @@ def _metacontroller(args: argparse.Namespace) -> None:
 
 
 def _analyse(args: argparse.Namespace) -> None:
-    from internal_rl.envs.tasks import parse_task
+    """`analyse`: the switching analysis; its older --code-replay and --alpha-sweep flags run those commands."""
+    if args.code_replay is not None:
+        args.task = args.code_replay
+        return _code_replay(args)
+    if args.alpha_sweep is not None:
+        args.alphas = args.alpha_sweep
+        return _alpha_sweep(args)
     from internal_rl.pipeline.run_folder import RunFolder
-    from internal_rl.pipeline.run_steps import alpha_sweep, analyse_run, replay_run
+    from internal_rl.pipeline.run_steps import analyse_run
 
     run = RunFolder(args.run)
-    if args.code_replay is not None:
-        _refuse_overwrite([run.code_replay(args.stage)], args.force)
-        result = replay_run(run.root, parse_task(args.code_replay), stage_name=args.stage, episodes=args.episodes)
-        success = {key: result[key]["success"] for key in ("demonstration", "residual_linear", "mean_code", "prior")}
-        print(f"task {args.code_replay}, {result['solvable_layouts']} layouts the expert solves; success with codes "
-              f"inferred from the demonstrations {success['demonstration']:.3f}, predicted linearly from the residual "
-              f"{success['residual_linear']:.3f}, the mean code per decision {success['mean_code']:.3f}, from the "
-              f"prior {success['prior']:.3f}")
-        return
-    if args.alpha_sweep is not None:
-        _refuse_overwrite([run.alpha_sweep], args.force)
-        result = alpha_sweep(run.root, args.alpha_sweep, preset_name=args.preset, data=args.data, steps=args.steps,
-                             max_episodes=args.episodes, device=args.device)
-        for row in result["rows"]:
-            print(f"alpha {row['alpha']:g}: NLL {row['action_nll']:.3f}, {row['switches_per_episode']:.2f} switches "
-                  f"per episode (true {row['true_subgoals_per_episode']:.2f}), F1 {row['f1']:.2f}")
-        print(f"wrote {run.alpha_sweep} and {result['plot']}")
-        return
     _refuse_overwrite([run.switching(args.stage)], args.force)
     report = analyse_run(run.root, stage_name=args.stage, data=args.data, max_episodes=args.episodes)
     sw, seg, true = report["subgoal_switches"], report["segment_length"], report["true_subgoal_length"]
     print(f"switch F1 {sw['f1']:.3f} (precision {sw['precision']:.3f}, recall {sw['recall']:.3f}); "
           f"NMI(z, subgoal) step {report['nmi']['step']:.3f}, segment {report['nmi']['segment']:.3f}; "
           f"mean segment length {seg['mean']:.2f} vs true {true['mean']:.2f}; wrote {report['json']} and {report['plot']}")
+
+
+def _code_replay(args: argparse.Namespace) -> None:
+    from internal_rl.envs.tasks import parse_task
+    from internal_rl.pipeline.run_folder import RunFolder
+    from internal_rl.pipeline.run_steps import replay_run
+
+    run = RunFolder(args.run)
+    _refuse_overwrite([run.code_replay(args.stage)], args.force)
+    result = replay_run(run.root, parse_task(args.task), stage_name=args.stage, episodes=args.episodes)
+    success = {key: result[key]["success"] for key in ("demonstration", "residual_linear", "mean_code", "prior")}
+    print(f"task {args.task}, {result['solvable_layouts']} layouts the expert solves; success with codes "
+          f"inferred from the demonstrations {success['demonstration']:.3f}, predicted linearly from the residual "
+          f"{success['residual_linear']:.3f}, the mean code per decision {success['mean_code']:.3f}, from the "
+          f"prior {success['prior']:.3f}")
+
+
+def _alpha_sweep(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.run_folder import RunFolder
+    from internal_rl.pipeline.run_steps import alpha_sweep
+
+    run = RunFolder(args.run)
+    _refuse_overwrite([run.alpha_sweep], args.force)
+    result = alpha_sweep(run.root, args.alphas, preset_name=args.preset, data=args.data, steps=args.steps,
+                         max_episodes=args.episodes, device=args.device)
+    for row in result["rows"]:
+        print(f"alpha {row['alpha']:g}: NLL {row['action_nll']:.3f}, {row['switches_per_episode']:.2f} switches "
+              f"per episode (true {row['true_subgoals_per_episode']:.2f}), F1 {row['f1']:.2f}")
+    print(f"wrote {run.alpha_sweep} and {result['plot']}")
 
 
 def _controller_rank(text: str) -> int | None:
@@ -430,16 +447,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="metacontroller", help="metacontroller stage folder inside RUN")
     p.add_argument("--data", help="dataset folder (default: the one the metacontroller was trained on)")
     p.add_argument("--episodes", type=_positive_int, default=1000, help="held-out episodes to analyse (or layouts to replay)")
-    p.add_argument("--code-replay", metavar="TASK",
-                   help="instead: replay the codes the metacontroller infers from expert demonstrations of TASK "
-                        "(e.g. 0-1-2-3) in the internal-RL env, against codes from the prior (grid world)")
-    p.add_argument("--alpha-sweep", type=_float_list, metavar="A,B,...",
-                   help="instead: train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
+    p.add_argument("--code-replay", metavar="TASK", help="the older spelling of `code-replay --task TASK`")
+    p.add_argument("--alpha-sweep", type=_float_list, metavar="A,B,...", help="the older spelling of `alpha-sweep --alphas A,B,...`")
     p.add_argument("--preset", default="quick", help="training preset for --alpha-sweep")
     p.add_argument("--steps", type=_positive_int, help="training steps per alpha for --alpha-sweep (default: the preset's)")
     _add_force_option(p, "the analysis's results")
     _add_device_option(p)  # where --alpha-sweep trains; the analyses run on the CPU
     p.set_defaults(func=_analyse)
+
+    p = sub.add_parser("code-replay", help="grid world: replay the codes RUN's metacontroller infers from expert "
+                                           "demonstrations of TASK in the internal-RL env, against codes from the prior")
+    p.add_argument("--run", required=True, help="run folder with a trained metacontroller")
+    p.add_argument("--task", required=True, help="the task whose demonstrations are replayed, e.g. 0-1-2-3")
+    p.add_argument("--stage", default="metacontroller", help="metacontroller stage folder inside RUN")
+    p.add_argument("--episodes", type=_positive_int, default=1000, help="layouts to replay")
+    _add_force_option(p, "RUN/code_replay.json")
+    p.set_defaults(func=_code_replay)
+
+    p = sub.add_parser("alpha-sweep", help="train one metacontroller per alpha (RUN/alpha_sweep/) and plot NLL vs switches")
+    p.add_argument("--run", required=True, help="run folder with a pretrained base model (RUN/pretrain)")
+    p.add_argument("--alphas", required=True, type=_float_list, metavar="A,B,...", help="KL strengths, e.g. 0,0.05,0.1")
+    p.add_argument("--data", help="dataset folder (default: the one RUN's base model was trained on)")
+    p.add_argument("--preset", default="quick", help="training preset")
+    p.add_argument("--steps", type=_positive_int, help="training steps per alpha (default: the preset's)")
+    p.add_argument("--episodes", type=_positive_int, default=1000, help="held-out episodes each analysis reads")
+    _add_force_option(p, "RUN/alpha_sweep.json")
+    _add_device_option(p)
+    p.set_defaults(func=_alpha_sweep)
 
     p = sub.add_parser("reproduce", help="run the whole pipeline (resumable), ending in DIR/report.md")
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"])

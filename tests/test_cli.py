@@ -135,6 +135,7 @@ def test_report_refuses_a_folder_that_is_not_a_run_and_writes_nothing(tmp_path, 
     (["metacontroller", "--run", "{tmp}/r", "--alpha", "nan"], "finite number"),
     (["analyse", "--run", "{tmp}/r", "--alpha-sweep", "inf"], "finite numbers"),
     (["analyse", "--run", "{tmp}/r", "--alpha-sweep", ""], "finite numbers"),
+    (["alpha-sweep", "--run", "{tmp}/r", "--alphas", "nan"], "finite numbers"),
     (["steer", "--run", "{tmp}/r", "--seed", "-3"], "expected a seed"),
     (["probe", "--run", "{tmp}/r", "--seed", "x"], "expected a seed"),
 ])
@@ -148,6 +149,7 @@ def test_bad_numbers_are_refused_before_anything_runs(tmp_path, capsys, argv, me
 @pytest.mark.parametrize("argv", [
     ["rl", "--run", "{tmp}", "--method", "raw", "--task", ""],
     ["analyse", "--run", "{tmp}", "--code-replay", ""],
+    ["code-replay", "--run", "{tmp}", "--task", ""],
 ])
 def test_an_empty_task_is_refused_not_taken_for_the_default(tmp_path, capsys, argv):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
@@ -184,6 +186,9 @@ def test_an_output_folder_that_cannot_be_written_is_named_as_given(tmp_path, cap
     (["analyse", "--run", "{tmp}", "--stage", "metacontroller-no-switch"], "switching_metacontroller-no-switch.json"),
     (["analyse", "--run", "{tmp}", "--code-replay", "0-1"], "code_replay.json"),
     (["analyse", "--run", "{tmp}", "--alpha-sweep", "0.1"], "alpha_sweep.json"),
+    (["code-replay", "--run", "{tmp}", "--task", "0-1"], "code_replay.json"),
+    (["code-replay", "--run", "{tmp}", "--task", "0-1", "--stage", "compile"], "code_replay_compile.json"),
+    (["alpha-sweep", "--run", "{tmp}", "--alphas", "0.1"], "alpha_sweep.json"),
     (["rl", "--run", "{tmp}", "--method", "raw", "--task", "0-1", "--seeds", "2"], "rl/raw/seed_1.json"),
 ])
 def test_results_written_earlier_are_replaced_only_with_force(tmp_path, capsys, argv, existing):
