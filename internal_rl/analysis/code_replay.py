@@ -25,13 +25,18 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from sklearn.linear_model import Ridge
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from internal_rl.analysis.switching import predicted_switches
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
+from internal_rl.data.dataset import TrajectoryDataset
+from internal_rl.data.generate import rollout_chunk
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task, with_tasks
+from internal_rl.metacontroller.training import controlled_forward
 from internal_rl.rl.internal_env import BatchedInternalEnv
 
 
@@ -40,8 +45,6 @@ def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, 
     """Per demonstration, the codes z [K_i, n_z] at the steps where the switch fires (step 0 always), and
     the residual activations e [K_i, d_model] at the controlled hook at those steps (what an internal-RL
     policy observes there)."""
-    from internal_rl.metacontroller.training import controlled_forward
-
     batch = demos.batch(np.arange(demos.num_episodes))
     _, out = controlled_forward(base, metacontroller, batch, sample=False)
     lengths = batch["mask"].sum(1).tolist()
@@ -55,9 +58,6 @@ def demonstration_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, 
 def fit_linear_policy(demos: list[tuple[Tensor, Tensor]]) -> list[Any]:
     """Ridge regressions e -> z fitted on demonstration decisions: [first decisions, later decisions]
     (the first map serves later decisions too when no demonstration has any)."""
-    from sklearn.linear_model import Ridge
-    from threadpoolctl import threadpool_limits
-
     check(len(demos) > 0, "code replay: no demonstrations to fit the linear policy on")
 
     def fit(pairs: list[tuple[Tensor, Tensor]]) -> Any:
@@ -108,9 +108,6 @@ def replay_codes(base: torch.nn.Module, metacontroller: torch.nn.Module, task: T
 
     `noiseless`: the demonstrations come from the noiseless expert (for a metacontroller trained on D*).
     `fit_episodes`: demonstrations (on other layouts) the linear policy is fitted on."""
-    from internal_rl.data.dataset import TrajectoryDataset
-    from internal_rl.data.generate import rollout_chunk
-
     check(isinstance(episodes, int) and episodes >= 1, f"code replay: episodes={episodes!r}; expected an int >= 1")
     config = with_tasks(GridWorldConfig() if env_config is None else env_config, [task])
     layout_seed = derive_seed(seed, "reset")  # the layouts rollout_chunk(config, episodes, seed) draws

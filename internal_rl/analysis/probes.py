@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from internal_rl.analysis.plots import plot_layers
 from internal_rl.common.errors import ConfigError, DatasetError, check
 from internal_rl.common.logging import progress as progress_bar
 from internal_rl.models.hooks import layer_hook, validate_hook
@@ -299,8 +300,6 @@ def probe_layers(
 
 def plot_probe_results(results: Mapping, path) -> None:
     """Draw probes.png: held-out accuracy vs residual layer 0..L against the majority baseline and chance."""
-    from internal_rl.analysis.plots import plot_layers
-
     series = {"probe accuracy (residual layer)": {r["layer"]: r["accuracy"] for r in results["layers"]}}
     references = {
         f"majority class ({results['majority_baseline']:.2f})": results["majority_baseline"],

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from internal_rl.analysis.plots import plot_layers
 from internal_rl.common.device import module_device
 from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.logging import ScalarLogger
@@ -457,8 +458,6 @@ def steer_layers(
 def plot_steering_results(results: Mapping, path, probes: Mapping | None = None) -> None:
     """Draw steering.png: success vs residual layer for single and chained control (uncontrolled baselines
     as reference lines), with the probe accuracy per layer overlaid when `probes` results are given."""
-    from internal_rl.analysis.plots import plot_layers
-
     rows = [r for r in results["layers"] if r["layer"] is not None]
     series = {
         "single subgoal": {r["layer"]: r["single"]["success"] for r in rows},

@@ -9,12 +9,14 @@ Temporary folders left by a save that was killed are removed by the next save to
 
 import hashlib
 import os
+import random
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -161,19 +163,11 @@ def verify_checkpoint(path: Path) -> None:
 
 def rng_state() -> dict[str, Any]:
     """The global RNG states a resumed run must restore to continue with identical numbers."""
-    import random
-
-    import numpy as np
-
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` returned."""
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

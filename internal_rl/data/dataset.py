@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import internal_rl
 from internal_rl.common.checkpoint import atomic_directory, sha256_of_file
 from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.envs.gridworld import N_ACTIONS as GRID_ACTIONS
@@ -347,8 +348,6 @@ def save_dataset(
     path = Path(path)
     validate_arrays(arrays)
     check_writable(path, force)
-    import internal_rl
-
     with atomic_directory(path) as tmp:
         np.savez_compressed(tmp / TRAJECTORIES, **{name: np.ascontiguousarray(a) for name, a in arrays.items()})
         manifest = dict(metadata)

@@ -22,6 +22,9 @@ from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset, check_writable, save_dataset
+from internal_rl.envs.batched_gridworld import BatchedGridWorld
+from internal_rl.envs.expert import GridExpert
+from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.registry import env_spec
 from internal_rl.envs.tasks import Task, with_tasks
 
@@ -41,8 +44,6 @@ def env_config_from_manifest(manifest: dict[str, Any]) -> Any:
 
 
 def _grid_config(config: Any, tasks: Sequence[Task] | None) -> Any:
-    from internal_rl.envs.gridworld import GridWorldConfig
-
     return with_tasks(GridWorldConfig() if config is None else config, tasks)
 
 
@@ -52,9 +53,6 @@ def rollout_chunk(config: Any, num_envs: int, seed: int, epsilon: float,
 
     Returns (arrays in the dataset format for the successful episodes, success flags [num_envs]).
     """
-    from internal_rl.envs.batched_gridworld import BatchedGridWorld
-    from internal_rl.envs.expert import GridExpert
-
     env = BatchedGridWorld(config, num_envs)
     expert = GridExpert(config, epsilon=epsilon, noiseless=noiseless)
     rng = np.random.default_rng(derive_seed(seed, "expert"))

@@ -15,11 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from internal_rl.analysis.steering import SteeringConfig, heldout_action_nll
 from internal_rl.common.checkpoint import copy_weights, load_checkpoint
 from internal_rl.common.config import load_json, save_json
 from internal_rl.common.errors import ConfigError
 from internal_rl.common.seeding import derive_seed
-from internal_rl.models.base_model import CHECKPOINT_SUBDIR
+from internal_rl.data.generate import env_config_from_manifest, generate_trajectories
+from internal_rl.envs.registry import spec_of_config
+from internal_rl.models.base_model import CHECKPOINT_SUBDIR, load_base_model
 from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, NO_SWITCH_DIR
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
@@ -41,11 +44,6 @@ def shipped_path(name: str) -> Path:
 
 def heldout_check(run_or_checkpoint: Path, env_config: Any) -> dict[str, Any]:
     """The base model's mean action NLL per step on HELDOUT_EPISODES fresh expert episodes of `env_config`."""
-    from internal_rl.analysis.steering import SteeringConfig, heldout_action_nll
-    from internal_rl.data.generate import generate_trajectories
-    from internal_rl.envs.registry import spec_of_config
-    from internal_rl.models.base_model import load_base_model
-
     model = load_base_model(run_or_checkpoint)
     data = generate_trajectories(spec_of_config(env_config).name, HELDOUT_EPISODES, HELDOUT_SEED, config=env_config)
     nll = heldout_action_nll(model, data, SteeringConfig(nll_episodes=HELDOUT_EPISODES))
@@ -71,8 +69,6 @@ def training_curves(tensorboard_dir: Path, points: int = 60) -> dict[str, list[l
 def ship_run(run: Path, name: str, command: str, commit: str, stages: tuple[str, ...]) -> Path:
     """Copy `stages` of run folder `run` (weights, config and summary; no optimizer state) to SHIPPED_DIR/name
     with their provenance; return that folder."""
-    from internal_rl.data.generate import env_config_from_manifest
-
     run, out = Path(run), SHIPPED_DIR / name
     manifest = load_json(run / "data" / "manifest.json")
     provenance: dict[str, Any] = {

@@ -24,6 +24,7 @@ import gymnasium
 import numpy as np
 import torch
 
+from internal_rl.analysis.steering import controller_intervention, subgoal_codes
 from internal_rl.envs import register_envs
 from internal_rl.envs.gridworld import EMPTY
 from internal_rl.envs.pinpad import solvable
@@ -56,8 +57,6 @@ def model_policy(
 ) -> Policy:
     """The base model as a single-env policy (KV-cached stepping, sampled actions); with a `decoder`, the
     controller of `code(info)` (a code z [n_z]) is applied at `hook` at every step."""
-    from internal_rl.analysis.steering import controller_intervention
-
     state = model.init_state(1, horizon + 1)
     generator = torch.Generator().manual_seed(seed)
 
@@ -74,8 +73,6 @@ def model_policy(
 
 def target_subgoal_code(subgoal_table: np.ndarray, n_z: int) -> Callable[[dict[str, Any]], torch.Tensor]:
     """code(info) for the supervised controllers: the one-hot code of the current target colour's subgoal."""
-    from internal_rl.analysis.steering import subgoal_codes
-
     return lambda info: subgoal_codes(torch.tensor(max(int(subgoal_table[info["target"]]), 0)), n_z)
 
 
