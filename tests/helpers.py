@@ -1,11 +1,37 @@
-"""Helpers shared by the base-model tests of both trunks (`test_models.py`: transformer, `test_hawk_trunk.py`:
-Hawk): a tiny model with weights large enough to expose mistakes, stepping a sequence, and the contracts
-every trunk must meet (cached stepping equals the full forward; an intervention acts downstream only)."""
+"""Helpers shared across the tests: the tiny transformer trunk most tests build their base model from, a run
+folder written as the pipeline leaves it, and, for the base-model tests of both trunks (`test_models.py`:
+transformer, `test_hawk_trunk.py`: Hawk), a model with weights large enough to expose mistakes, stepping a
+sequence, and the contracts every trunk must meet (cached stepping equals the full forward; an intervention
+acts downstream only). tests/conftest.py offers the first two as fixtures."""
+
+from pathlib import Path
+from typing import Mapping
 
 import torch
 
-from internal_rl.models.base_model import BaseModel, BaseModelConfig
+from internal_rl.common.checkpoint import save_checkpoint
+from internal_rl.common.config import config_to_dict
+from internal_rl.metacontroller.compile import CompILE
+from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
 from internal_rl.models.hooks import controlled_hook
+from internal_rl.models.transformer import TransformerConfig
+from internal_rl.pipeline.run_folder import PRETRAIN, RunFolder
+
+# Two blocks of width 16: the base model of most tests.
+TINY_TRUNK = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+
+
+def write_run_folder(
+    root: Path, base_model: BaseModel, *, data: Path | None = None, metacontrollers: Mapping[str, torch.nn.Module] | None = None,
+) -> RunFolder:
+    """A run folder as the pipeline leaves it: `base_model` as the pretraining checkpoint (recording the dataset
+    folder `data`, if given) and each metacontroller (or CompILE) of `metacontrollers` at its stage."""
+    run = RunFolder(root)
+    save_base_model(run.checkpoint(PRETRAIN), base_model, {"dataset": {"path": str(data)}} if data is not None else {})
+    for stage, model in (metacontrollers or {}).items():
+        key = "compile" if isinstance(model, CompILE) else "metacontroller"
+        save_checkpoint(run.checkpoint(stage), model, {key: config_to_dict(model.config)})
+    return run
 
 
 def scaled_model(config: BaseModelConfig, seed: int = 0) -> BaseModel:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from internal_rl.cli import main
 from internal_rl.data.generate import generate_trajectories
-from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
-from internal_rl.models.transformer import TransformerConfig
+from internal_rl.models.base_model import BaseModel, BaseModelConfig
+
+from helpers import TINY_TRUNK, write_run_folder
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -78,9 +79,7 @@ def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     generate_trajectories("gridworld", 40, seed=0).save(root / "data")
     torch.manual_seed(0)
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
-    save_base_model(root / "run" / "pretrain" / "checkpoint", BaseModel(BaseModelConfig(transformer=trunk)),
-                    {"dataset": {"path": str(root / "data")}})
+    write_run_folder(root / "run", BaseModel(BaseModelConfig(transformer=TINY_TRUNK)), data=root / "data")
     return root
 
 

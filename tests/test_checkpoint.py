@@ -60,13 +60,9 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_cli_names_a_truncated_base_model_in_one_line(tmp_path, capsys):
-    from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
-    from internal_rl.models.transformer import TransformerConfig
-
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
-    save_base_model(tmp_path / "run" / "pretrain" / "checkpoint", BaseModel(BaseModelConfig(transformer=trunk)), {})
-    weights = tmp_path / "run" / "pretrain" / "checkpoint" / WEIGHTS
+def test_cli_names_a_truncated_base_model_in_one_line(tmp_path, capsys, tiny_base_model, make_run_folder):
+    run = make_run_folder(tmp_path / "run", tiny_base_model)
+    weights = run.checkpoint("pretrain") / WEIGHTS
     weights.write_bytes(weights.read_bytes()[:100])
     assert main(["probe", "--run", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()

@@ -171,13 +171,12 @@ def test_a_killed_rollout_worker_is_replaced_and_the_stage_completes():
 def test_a_worker_killed_inside_a_rollout_call_is_replaced_and_the_call_rerun():
     from internal_rl.metacontroller.modules import Metacontroller, MetacontrollerConfig
     from internal_rl.models.base_model import BaseModel, BaseModelConfig
-    from internal_rl.models.transformer import TransformerConfig
+    from helpers import TINY_TRUNK
 
     # One colour on an open 7x7 grid: random codes wander for ~70 steps, so a call lasts about 2 s.
     grid = GridWorldConfig(size=7, n_colours=1, n_walls=0, horizon=100, tasks=((0,),))
     torch.manual_seed(0)
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
-    base = BaseModel(BaseModelConfig(obs_dim=grid.obs_dim, transformer=trunk)).freeze()
+    base = BaseModel(BaseModelConfig(obs_dim=grid.obs_dim, transformer=TINY_TRUNK)).freeze()
     mc = Metacontroller(MetacontrollerConfig(d_model=16, hook="blocks.0.hook_resid_post", n_z=2, rank=2, embedder_width=8))
     mc = mc.eval().requires_grad_(False)
     workers = RayRolloutWorkers(2)
@@ -204,19 +203,15 @@ def test_a_worker_killed_inside_a_rollout_call_is_replaced_and_the_call_rerun():
 
 def make_run(folder):
     """A run folder with a random tiny base model, its dataset and a metacontroller (for `run_rl`)."""
+    from helpers import write_run_folder
     from test_rl import GRID
 
-    from internal_rl.common.checkpoint import save_checkpoint
-    from internal_rl.common.config import config_to_dict
     from internal_rl.data.dataset import save_dataset
-    from internal_rl.models.base_model import save_base_model
 
     base, mc = random_models()
     data = generate_trajectories("gridworld", 16, seed=0, config=GRID)
     data_dir = save_dataset(folder / "data", data.arrays, data.manifest)
-    save_base_model(folder / "pretrain" / "checkpoint", base, {"dataset": {"path": str(data_dir)}})
-    save_checkpoint(folder / "metacontroller" / "checkpoint", mc, {"metacontroller": config_to_dict(mc.config)})
-    return folder
+    return write_run_folder(folder, base, data=data_dir, metacontrollers={"metacontroller": mc}).root
 
 
 def write_sweep_file(tmp_path, episodes):

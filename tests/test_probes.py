@@ -19,8 +19,9 @@ from internal_rl.cli import main
 from internal_rl.common.errors import ConfigError, DatasetError
 from internal_rl.data.dataset import TrajectoryDataset
 from internal_rl.data.generate import generate_trajectories
-from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
-from internal_rl.models.transformer import TransformerConfig
+from internal_rl.models.base_model import BaseModel, BaseModelConfig
+
+from helpers import TINY_TRUNK, write_run_folder
 
 FAST = ProbeConfig(steps=150, batch_size=256, lr=1e-2)
 
@@ -85,8 +86,7 @@ def test_bad_configs_refused():
 def tiny():
     """A tiny untrained base model (2 blocks, d 16) and 60 expert episodes."""
     torch.manual_seed(0)
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
-    model = BaseModel(BaseModelConfig(transformer=trunk)).freeze()
+    model = BaseModel(BaseModelConfig(transformer=TINY_TRUNK)).freeze()
     dataset = generate_trajectories("gridworld", 60, seed=0)
     return model, dataset
 
@@ -132,8 +132,7 @@ def run_dir(tmp_path_factory, tiny):
     model, dataset = tiny
     root = tmp_path_factory.mktemp("probe_cli")
     data = dataset.save(root / "data")
-    save_base_model(root / "run" / "pretrain" / "checkpoint", model, {"dataset": {"path": str(data)}})
-    return root / "run"
+    return write_run_folder(root / "run", model, data=data).root
 
 
 def test_cli_probe_writes_results_and_plot(run_dir, capsys):
@@ -164,7 +163,7 @@ def test_cli_probe_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsys, ar
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_cli_probe_without_recorded_dataset_asks_for_data(tiny, tmp_path, capsys):
-    save_base_model(tmp_path / "run" / "pretrain" / "checkpoint", tiny[0])
+def test_cli_probe_without_recorded_dataset_asks_for_data(tiny, tmp_path, capsys, make_run_folder):
+    make_run_folder(tmp_path / "run", tiny[0])
     assert main(["probe", "--run", str(tmp_path / "run")]) == 2
     assert "pass --data DIR" in capsys.readouterr().err

@@ -21,12 +21,14 @@ from internal_rl.metacontroller.modules import Metacontroller, MetacontrollerCon
 from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
 from internal_rl.models.controller import apply_controller
 from internal_rl.models.transformer import TransformerConfig
+from internal_rl.pipeline.rl_stage import run_rl
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
 from internal_rl.rl.ppo import PPOConfig, RolloutBatch, clipped_surrogate, normalised_advantages, ppo_update
 from internal_rl.rl.rollouts import collect_internal_rollouts, collect_raw_rollouts
-from internal_rl.pipeline.rl_stage import run_rl
 from internal_rl.rl.training import RLConfig, rl_preset, train_rl
+
+from helpers import TINY_TRUNK
 
 HOOK = "blocks.0.hook_resid_post"
 # A grid world small enough to learn in seconds: 3x3, two colours, no walls. Pretraining tasks: visit
@@ -140,8 +142,7 @@ def test_code_policy_starts_at_the_prior_and_steps_like_its_sequence_mode():
 
 def random_models(seed: int = 0, force_switch: bool = False) -> tuple[BaseModel, Metacontroller]:
     torch.manual_seed(seed)
-    transformer = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
-    base = BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=transformer, init_scale=1.0)).freeze()
+    base = BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=TINY_TRUNK, init_scale=1.0)).freeze()
     mc = Metacontroller(MetacontrollerConfig(d_model=16, hook=HOOK, n_z=2, rank=2, embedder_width=8, force_switch=force_switch))
     with torch.no_grad():
         mc.switching_unit.out.weight.mul_(40.0)
@@ -302,19 +303,18 @@ def test_each_method_learns_a_one_subgoal_task(pretrained, method, lr):
     assert final > initial + 0.08, (initial, final)
 
 
-def test_run_rl_reads_a_run_folder_and_writes_results(pretrained, tmp_path):
+def test_run_rl_reads_a_run_folder_and_writes_results(pretrained, tmp_path, make_run_folder):
     base, metacontrollers, data = pretrained
     data_dir = save_dataset(tmp_path / "data", data.arrays, data.manifest)
-    save_base_model(tmp_path / "run" / "pretrain" / "checkpoint", base, {"dataset": {"path": str(data_dir)}})
     mc = metacontrollers["internal"]
-    save_checkpoint(tmp_path / "run" / "metacontroller" / "checkpoint", mc, {"metacontroller": config_to_dict(mc.config)})
+    run = make_run_folder(tmp_path / "run", base, data=data_dir, metacontrollers={"metacontroller": mc})
     config = tiny_config(total_episodes=16)
 
     result = run_rl("internal", tmp_path / "run", (0,), seed=2, config=config, show_progress=False)
-    written = load_json(tmp_path / "run" / "rl" / "internal" / "seed_2.json")
+    written = load_json(run.rl_result("internal", 2))
     assert written["final_eval"] == result["final_eval"] and written["task"] == [0]
     assert [r["episodes"] for r in written["curve"]] == [8, 16]
-    assert any((tmp_path / "run" / "rl" / "internal" / "tensorboard" / "seed_2").iterdir())
+    assert any(run.rl_tensorboard("internal", 2).iterdir())
     with pytest.raises(CheckpointError, match="metacontroller-no-switch"):
         run_rl("no-switch", tmp_path / "run", (0,), seed=0, config=config, show_progress=False)
     with pytest.raises(ConfigError, match="unknown colour 5"):
@@ -325,10 +325,9 @@ def test_run_rl_reads_a_run_folder_and_writes_results(pretrained, tmp_path):
     with pytest.raises(CheckpointError, match="--cotrain"):
         run_rl("cotrained", tmp_path / "run", (0,), seed=0, config=config, show_progress=False)
     # A narrower base model than the pretrained one: the metacontroller fits only it, so the run must use it.
-    stage = tmp_path / "run" / "metacontroller-cotrained"
-    transformer = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
-    save_base_model(stage / "base_model", BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=transformer)))
+    stage = "metacontroller-cotrained"
+    save_base_model(run.cotrained_base_model(stage), BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=TINY_TRUNK)))
     own = Metacontroller(replace(mc.config, d_model=16))
-    save_checkpoint(stage / "checkpoint", own, {"metacontroller": config_to_dict(own.config)})
+    save_checkpoint(run.checkpoint(stage), own, {"metacontroller": config_to_dict(own.config)})
     cotrained = run_rl("cotrained", tmp_path / "run", (0,), seed=2, config=config, show_progress=False)
     assert cotrained["method"] == "cotrained" and cotrained["episodes"] == 16
