@@ -9,7 +9,6 @@ Summary statistics over seeds:
 - ``stat="median"``: the median with the 25-75% interquartile band (the paper's figures).
 """
 
-import math
 import uuid
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
@@ -188,93 +187,6 @@ def plot_layers(
         ax.set_xticks(sorted(all_layers))
     _finish(ax, xlabel, ylabel, title, ylim)
     return _save(fig, path)
-
-
-def plot_traces(
-    traces: Mapping[str, Sequence[float]],
-    path: Path,
-    *,
-    xlabel: str = "time step",
-    title: str | None = None,
-    segments: Sequence[int] | None = None,
-    thresholds: Mapping[str, float] | None = None,
-) -> Path:
-    """Stacked per-step traces of one episode (e.g. beta, |z|, action NLL), one panel each, shared x.
-
-    `segments` (one integer label per step, e.g. the ground-truth subgoal) is drawn as coloured
-    background spans labelled with the subgoal, so switches can be compared with true boundaries;
-    `thresholds` draws a dashed line in the named panels (e.g. {"beta": 0.5}).
-    """
-    if not traces:
-        raise ConfigError("plot_traces: no traces to plot")
-    n = len(traces)
-    fig = Figure(figsize=(_STYLE["figsize"][0] * 1.3, 1.6 * n + 0.6), dpi=_STYLE["dpi"])
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
-    spans = _segment_spans(segments) if segments is not None else []
-    for i, (ax, (name, values)) in enumerate(zip(axes, traces.items())):
-        values = np.asarray(values, dtype=float)
-        for start, stop, label in spans:
-            ax.axvspan(start - 0.5, stop - 0.5, color=colour(int(label) + 2), alpha=0.12, lw=0)
-            if i == 0:
-                ax.text((start + stop - 1) / 2, 1.02, str(label), transform=ax.get_xaxis_transform(),
-                        ha="center", va="bottom", fontsize=8)
-        ax.plot(np.arange(len(values)), values, color=colour(i), lw=1.5, marker=".", ms=4)
-        if thresholds and name in thresholds:
-            ax.axhline(thresholds[name], color="0.4", ls="--", lw=1)
-        ax.set_ylabel(name)
-        _tidy(ax)
-    axes[-1].set_xlabel(xlabel)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_heatmap(
-    matrix: np.ndarray,
-    path: Path,
-    *,
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    xlabel: str = "",
-    ylabel: str = "",
-    title: str | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    annotate: bool = True,
-) -> Path:
-    """A labelled heat map with a colour bar, e.g. probe accuracy by (checkpoint, layer) as in the paper's Fig. 3."""
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.shape != (len(row_labels), len(col_labels)):
-        raise ConfigError(f"plot_heatmap: matrix shape {matrix.shape} != ({len(row_labels)}, {len(col_labels)}) labels")
-    fig, ax = _new_axes()
-    image = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    fig.colorbar(image, ax=ax)
-    ax.set_xticks(range(len(col_labels)), labels=list(col_labels))
-    ax.set_yticks(range(len(row_labels)), labels=list(row_labels))
-    if annotate:
-        mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
-        for (r, c), v in np.ndenumerate(matrix):
-            if not math.isnan(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _segment_spans(labels: Sequence[int]) -> list[tuple[int, int, int]]:
-    """(start, stop, label) for each run of equal consecutive labels."""
-    labels = np.asarray(labels)
-    if labels.size == 0:
-        return []
-    cuts = np.flatnonzero(labels[1:] != labels[:-1]) + 1
-    starts = np.concatenate([[0], cuts])
-    stops = np.concatenate([cuts, [labels.size]])
-    return [(int(a), int(b), int(labels[a])) for a, b in zip(starts, stops)]
 
 
 def _new_axes():
