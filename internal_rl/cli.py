@@ -107,7 +107,7 @@ def _pretrain(args: argparse.Namespace) -> None:
         fits = "quick or paper" if env == "gridworld" else "quick-pinpad or paper-ant"
         raise ConfigError(f"--preset {args.preset} builds a {'grid-world' if grid_model else 'pinpad'} "
                           f"model, but {args.data} holds {env} data; use --preset {fits}")
-    result = run_pretraining(config, Path(args.data), stage, resume=args.resume, device=args.device)
+    result = run_pretraining(config, Path(args.data), run.root, resume=args.resume, device=args.device)
     held_out = result["held_out"]
     print(f"pretrained base model in {stage}: held-out action accuracy {held_out['action_accuracy']:.3f}, "
           f"NLL {held_out['action_nll']:.3f}; evaluation in {run.pretrain_eval}")

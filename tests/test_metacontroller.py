@@ -31,6 +31,8 @@ from internal_rl.metacontroller.training import (
 )
 from internal_rl.models.controller import apply_controller
 
+from helpers import TINY_TRUNK
+
 HOOK = "blocks.0.hook_resid_post"
 N_ACTIONS = 4
 
@@ -479,11 +481,10 @@ def test_traces_compare_with_the_uncontrolled_base_model():
     from internal_rl.analysis.switching import collect_traces, switching_report
     from internal_rl.metacontroller.training import freeze, resolve_config
     from internal_rl.models.base_model import BaseModel, BaseModelConfig
-    from internal_rl.models.transformer import TransformerConfig
 
     data = two_phase_dataset(8, seed=5)
     torch.manual_seed(0)
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    trunk = TINY_TRUNK
     base = freeze(BaseModel(BaseModelConfig(obs_dim=data.obs_dim, action_dim=N_ACTIONS, transformer=trunk)))
     mc = Metacontroller(resolve_config(MetacontrollerConfig(d_model=8, n_z=4, rank=4), base)).eval()
     report = switching_report(collect_traces(base, mc, data, 8))
@@ -511,14 +512,13 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     from internal_rl.models.base_model import BaseModelConfig, load_base_model
     from internal_rl.models.pretraining import PretrainConfig
     from internal_rl.pipeline.pretrain_stage import run_pretraining
-    from internal_rl.models.transformer import TransformerConfig
 
     data_dir, run = tmp_path / "data", tmp_path / "run"
     data = two_phase_dataset(150, seed=4)
     data.save(data_dir)
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    trunk = TINY_TRUNK
     model = BaseModelConfig(obs_dim=data.obs_dim, action_dim=N_ACTIONS, transformer=trunk)
-    run_pretraining(PretrainConfig(model=model, steps=2, batch_size=8, eval_rollouts=0), data_dir, run / "pretrain",
+    run_pretraining(PretrainConfig(model=model, steps=2, batch_size=8, eval_rollouts=0), data_dir, run,
                     show_progress=False)
 
     assert main(["metacontroller", "--run", str(run), "--steps", "2"]) == 0

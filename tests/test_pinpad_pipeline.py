@@ -84,12 +84,12 @@ def test_pretraining_takes_the_action_size_from_the_data(tmp_path):
     generate_dataset("point-pinpad", 40, tmp_path / "d", seed=0, show_progress=False)
     config = pretrain_preset("quick-pinpad", steps=2, batch_size=4, eval_every=0, checkpoint_every=0)
     config = replace(config, model=tiny_model().config)
-    result = run_pretraining(config, tmp_path / "d", tmp_path / "run" / "pretrain", show_progress=False)
+    result = run_pretraining(config, tmp_path / "d", tmp_path / "run", show_progress=False)
     assert result["held_out"]["action_nll"] == pytest.approx(result["held_out"]["action_nll"])  # finite
     assert "grid-world only" in result["rollouts"]
     grid = replace(config, model=replace(config.model, action_head="categorical", action_dim=4))
     with pytest.raises(ConfigError, match="action head"):
-        run_pretraining(grid, tmp_path / "d", tmp_path / "run2" / "pretrain", show_progress=False)
+        run_pretraining(grid, tmp_path / "d", tmp_path / "run2", show_progress=False)
 
 
 def test_steering_rollouts_drive_the_point_mass():

@@ -35,6 +35,8 @@ from internal_rl.models.pretraining import (
 from internal_rl.pipeline.pretrain_stage import run_pretraining
 from internal_rl.models.transformer import TransformerConfig
 
+from helpers import TINY_TRUNK
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -49,7 +51,7 @@ def dataset(data_dir):
 
 
 def tiny(steps: int = 6, **changes) -> PretrainConfig:
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    trunk = TINY_TRUNK
     config = PretrainConfig(
         model=BaseModelConfig(transformer=trunk), steps=steps, batch_size=8, lr=3e-3, log_every=2,
         eval_every=2, checkpoint_every=2, eval_rollouts=16, holdout_fraction=0.25,
@@ -129,7 +131,7 @@ def test_presets_and_bad_values():
 
 def test_run_pretraining_writes_stage_and_refuses_overwrite(data_dir, tmp_path):
     stage = tmp_path / "run" / "pretrain"
-    result = run_pretraining(tiny(4), data_dir, stage, show_progress=False)
+    result = run_pretraining(tiny(4), data_dir, tmp_path / "run", show_progress=False)
     written = json.loads((stage / "eval.json").read_text())
     assert written["held_out"]["episodes"] == 12 and 0 <= written["held_out"]["action_accuracy"] <= 1
     assert 0.5 < written["expert"]["accuracy_ceiling"] <= 1
@@ -141,7 +143,7 @@ def test_run_pretraining_writes_stage_and_refuses_overwrite(data_dir, tmp_path):
     model = load_base_model(tmp_path / "run")
     assert model.config.obs_dim == 637 and not model.training
     with pytest.raises(CheckpointError, match="--resume"):
-        run_pretraining(tiny(4), data_dir, stage, show_progress=False)
+        run_pretraining(tiny(4), data_dir, tmp_path / "run", show_progress=False)
 
 
 def test_expert_probabilities_explain_the_data(dataset):

@@ -1,9 +1,10 @@
 """The pretraining stage of a run folder: the base model trained on a dataset folder, then evaluated.
 
-    STAGE/checkpoint/   model.safetensors, config.json (model config, pretrain config, dataset checksum),
-                        training_state.pt (optimizer, RNG, step): replaced atomically every checkpoint
-    STAGE/tb/           TensorBoard scalars
-    STAGE/eval.json     the final evaluation (`analysis.base_model_eval.evaluate_base_model`)
+    RUN/pretrain/checkpoint/   model.safetensors, config.json (model config, pretrain config, dataset
+                               checksum), training_state.pt (optimizer, RNG, step): replaced atomically
+                               every checkpoint
+    RUN/pretrain/tb/           TensorBoard scalars
+    RUN/pretrain/eval.json     the final evaluation (`analysis.base_model_eval.evaluate_base_model`)
 """
 
 import dataclasses
@@ -18,30 +19,30 @@ from internal_rl.common.config import save_json
 from internal_rl.common.device import describe_device
 from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.data.dataset import load_dataset
-from internal_rl.models.base_model import CHECKPOINT_SUBDIR
 from internal_rl.models.pretraining import PretrainConfig, train_base_model
+from internal_rl.pipeline.run_folder import PRETRAIN, RunFolder
 
 
 def run_pretraining(
     config: PretrainConfig,
     data_dir: Path,
-    stage_dir: Path,
+    run_dir: Path,
     *,
     resume: bool = False,
     show_progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Pretrain on the dataset at `data_dir` into `stage_dir` (checkpoint/, tb/, eval.json) on `device`;
+    """Pretrain on the dataset at `data_dir` into RUN/pretrain (checkpoint/, tb/, eval.json) on `device`;
     return eval.json's content.
 
     Refuses to overwrite an existing checkpoint unless `resume` (which continues it, or starts afresh
     when there is none).
     """
-    stage_dir = Path(stage_dir)
-    checkpoint_dir = stage_dir / CHECKPOINT_SUBDIR
+    run = RunFolder(run_dir)
+    checkpoint_dir = run.checkpoint(PRETRAIN)
     dataset = load_dataset(Path(data_dir))
     if checkpoint_dir.exists() and not resume:
-        raise CheckpointError(f"{stage_dir} already holds a pretrained model; pass --resume to continue it or use a new --out")
+        raise CheckpointError(f"{run.pretrain} already holds a pretrained model; pass --resume to continue it or use a new --out")
     model = dataclasses.replace(config.model, obs_dim=dataset.obs_dim)
     actions = dataset.arrays["actions"]
     if (actions.ndim == 2) != (model.action_head == "gaussian"):
@@ -59,7 +60,7 @@ def run_pretraining(
         train_set,
         held_out=held_out,
         checkpoint_dir=checkpoint_dir,
-        log_dir=stage_dir / "tb",
+        log_dir=run.tensorboard(PRETRAIN),
         resume=resume,
         extra_config=extra,
         show_progress=show_progress,
@@ -79,5 +80,5 @@ def run_pretraining(
             "dataset": extra["dataset"],
         }
     )
-    save_json(stage_dir / "eval.json", evaluation)
+    save_json(run.pretrain_eval, evaluation)
     return evaluation

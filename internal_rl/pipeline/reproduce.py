@@ -181,7 +181,7 @@ def pipeline_stages(
         else:
             config = pretrain_preset(preset.pretrain, seed=preset.seed, steps=preset.pretrain_steps)
             result, origin = run_pretraining(
-                config, RunFolder(out).data, RunFolder(out).pretrain, resume=True, show_progress=show_progress,
+                config, RunFolder(out).data, out, resume=True, show_progress=show_progress,
                 device=device,
             ), {}
         held_out = result["held_out"]  # accuracy is NaN for a Gaussian action head: leave it out

@@ -105,8 +105,9 @@ class RunFolder:
         return self.stage(stage) / "tb"
 
     def stage_summary(self, stage: str) -> Path:
-        """A metacontroller stage's summary.json."""
-        return self.stage(stage) / "summary.json"
+        """What `stage` writes beside its checkpoint: the pretrain stage's eval.json, a metacontroller stage's
+        summary.json."""
+        return self.pretrain_eval if stage == PRETRAIN else self.stage(stage) / "summary.json"
 
     def cotrained_base_model(self, stage: str) -> Path:
         """The checkpoint folder of the base model co-trained with `stage`'s metacontroller."""

@@ -18,17 +18,18 @@ from typing import Any
 from internal_rl.analysis.steering import SteeringConfig, heldout_action_nll
 from internal_rl.common.checkpoint import copy_weights, load_checkpoint
 from internal_rl.common.config import load_json, save_json
-from internal_rl.common.errors import ConfigError
+from internal_rl.common.errors import ConfigError, check
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.generate import env_config_from_manifest, generate_trajectories
 from internal_rl.envs.registry import spec_of_config
-from internal_rl.models.base_model import CHECKPOINT_SUBDIR, load_base_model
-from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, NO_SWITCH_DIR
+from internal_rl.data.dataset import MANIFEST
+from internal_rl.models.base_model import load_base_model
+from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, NO_SWITCH_DIR, PRETRAIN, RunFolder
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
 PROVENANCE = "provenance.json"
-# What each shippable stage writes beside its checkpoint (the summary the report reads).
-STAGE_SUMMARIES = {"pretrain": "eval.json", METACONTROLLER_DIR: "summary.json", NO_SWITCH_DIR: "summary.json"}
+# The stages whose models can be shipped (each with the summary it writes beside its checkpoint).
+SHIPPABLE_STAGES = (PRETRAIN, METACONTROLLER_DIR, NO_SWITCH_DIR)
 HELDOUT_EPISODES = 64
 HELDOUT_SEED = derive_seed(0, "shipped-heldout")
 
@@ -69,15 +70,16 @@ def training_curves(tensorboard_dir: Path, points: int = 60) -> dict[str, list[l
 def ship_run(run: Path, name: str, command: str, commit: str, stages: tuple[str, ...]) -> Path:
     """Copy `stages` of run folder `run` (weights, config and summary; no optimizer state) to SHIPPED_DIR/name
     with their provenance; return that folder."""
-    run, out = Path(run), SHIPPED_DIR / name
-    manifest = load_json(run / "data" / "manifest.json")
+    run, out = RunFolder(run), RunFolder(SHIPPED_DIR / name)
+    manifest = load_json(run.data / MANIFEST)
     provenance: dict[str, Any] = {
-        "name": name, "command": command, "commit": commit, "reproduce": load_json(run / "reproduce.json"),
+        "name": name, "command": command, "commit": commit, "reproduce": load_json(run.reproduce_record),
         "dataset": {key: manifest[key] for key in ("env", "env_config", "files") if key in manifest},
         "stages": {},
     }
     for stage in stages:
-        checkpoint = run / stage / CHECKPOINT_SUBDIR
+        check(stage in SHIPPABLE_STAGES, f"stage {stage!r} cannot be shipped; valid: {', '.join(SHIPPABLE_STAGES)}")
+        checkpoint = run.checkpoint(stage)
         recorded = load_json(checkpoint / "config.json").get("dataset")
         # The training data stay behind: keep their record (checksum, size) and the name of their folder in the
         # run (data, or data-clean for D*), not a path on this machine.
@@ -85,29 +87,29 @@ def ship_run(run: Path, name: str, command: str, commit: str, stages: tuple[str,
         if isinstance(recorded, dict):
             update = {"dataset": {**{k: v for k, v in recorded.items() if k != "path"},
                                   "folder": Path(recorded.get("path", "data")).name}}
-        copy_weights(checkpoint, out / stage / CHECKPOINT_SUBDIR, update)
-        summary = run / stage / STAGE_SUMMARIES[stage]
-        shutil.copyfile(summary, out / stage / summary.name)
-        provenance["stages"][stage] = {"summary": load_json(summary), "curves": training_curves(run / stage / "tb")}
-    provenance["heldout_check"] = heldout_check(out / "pretrain", env_config_from_manifest(manifest))
-    save_json(out / PROVENANCE, provenance)
-    return out
+        copy_weights(checkpoint, out.checkpoint(stage), update)
+        summary = run.stage_summary(stage)
+        shutil.copyfile(summary, out.stage_summary(stage))
+        provenance["stages"][stage] = {"summary": load_json(summary), "curves": training_curves(run.tensorboard(stage))}
+    provenance["heldout_check"] = heldout_check(out.pretrain, env_config_from_manifest(manifest))
+    save_json(out.root / PROVENANCE, provenance)
+    return out.root
 
 
 def install_shipped(name: str, stage: str, run: Path) -> dict[str, Any]:
     """Put shipped checkpoint `name`'s `stage` into run folder `run` as if that stage had trained it; return
     the stage's summary. ConfigError if `name` ships no such stage."""
-    source = shipped_path(name) / stage
-    if not source.is_dir():
+    source, target = RunFolder(shipped_path(name)), RunFolder(run)
+    if stage not in SHIPPABLE_STAGES or not source.stage(stage).is_dir():
         raise ConfigError(f"shipped checkpoints {name!r} hold no {stage!r} stage")
-    _, config, _ = load_checkpoint(source / CHECKPOINT_SUBDIR)  # verified before anything is written
+    _, config, _ = load_checkpoint(source.checkpoint(stage))  # verified before anything is written
     update = None
     if isinstance(config.get("dataset"), dict):  # the run's own data stand in for the training data's path
         folder = config["dataset"].get("folder", "data")
-        update = {"dataset": {"path": str(Path(run) / folder), "trained_on": config["dataset"], "shipped": name}}
-    copy_weights(source / CHECKPOINT_SUBDIR, Path(run) / stage / CHECKPOINT_SUBDIR, update)
-    summary = source / STAGE_SUMMARIES[stage]
-    shutil.copyfile(summary, Path(run) / stage / summary.name)
+        update = {"dataset": {"path": str(target.stage(folder)), "trained_on": config["dataset"], "shipped": name}}
+    copy_weights(source.checkpoint(stage), target.checkpoint(stage), update)
+    summary = source.stage_summary(stage)
+    shutil.copyfile(summary, target.stage_summary(stage))
     return load_json(summary)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from internal_rl.common.config import load_json, save_json
+from internal_rl.pipeline.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -17,23 +18,20 @@ class Stage:
     run: Callable[[Path], dict[str, Any]]
 
 
-def marker_path(out: Path, name: str) -> Path:
-    return Path(out) / "stages" / f"{name}.json"
-
-
 def run_stages(out: Path, stages: list[Stage], log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run every stage not yet finished under `out`, in order; return each stage's summary."""
-    (Path(out) / "stages").mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out)
+    run.stage_markers.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for i, stage in enumerate(stages, 1):
-        marker = marker_path(out, stage.name)
+        marker = run.stage_marker(stage.name)
         if marker.is_file():
             summaries[stage.name] = load_json(marker)
             log(f"[{i}/{len(stages)}] {stage.name}: done already ({summaries[stage.name]['seconds']:.0f} s), skipped")
             continue
         log(f"[{i}/{len(stages)}] {stage.name} ...")
         start = time.perf_counter()
-        summary = dict(stage.run(Path(out)) or {})
+        summary = dict(stage.run(run.root) or {})
         summary["seconds"] = time.perf_counter() - start
         save_json(marker, summary)
         summaries[stage.name] = summary

@@ -2,7 +2,7 @@
 
 A sweep is described by a JSON file (see `SweepConfig`), checked whole when it is read: the preset, every
 key and every value, so a bad file fails once, before any trial starts. Every combination is one trial
-(`run_trial`) running `rl.training.run_rl` on the run folder's frozen models. Trials sharing a task and
+(`run_trial`) running `pipeline.rl_stage.run_rl` on the run folder's frozen models. Trials sharing a task and
 hyperparameters form a group, written as a run-shaped folder OUT/<group>/rl/<method>/seed_<k>.json, so
 each group's report is the ordinary one (`pipeline.report.write_report`: OUT/<group>/report.md,
 results.json), and OUT/results.json plus OUT/report.md put the groups side by side (`write_sweep_report`).
@@ -216,7 +216,7 @@ def write_sweep_report(config: SweepConfig) -> Path:
     groups: dict[str, Any] = {}
     for t in trials(config):
         name = group_name(t["task"], t["hyperparameters"])
-        if name not in groups and (out / name / "rl").is_dir():
+        if name not in groups and RunFolder(out / name).rl.is_dir():
             write_report(out / name)
             groups[name] = {"task": t["task"], "hyperparameters": t["hyperparameters"], "methods": rl_summary(out / name)}
     save_json(out / "results.json", {"sweep": _settings(config), "groups": groups})

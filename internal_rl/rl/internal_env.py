@@ -23,7 +23,7 @@ that have ended are dropped from the base model's batch once half of it has ende
 Two interfaces:
 - `BatchedInternalEnv.step(decide)`: one low-level step of N episodes in lockstep; `decide(e [K,d], env_ids
   [K]) -> z [K,n_z]` is called, from inside the step, for the K episodes whose switch fired. This is the
-  fast path: rollouts (`rl/training.py`) put the policy in `decide`, so an abstract decision costs nothing
+  fast path: rollouts (`rl/rollouts.py`) put the policy in `decide`, so an abstract decision costs nothing
   extra.
 - `InternalEnv`: the Gymnasium environment of the paper's MDP (one episode, `step(z)` = one abstract step),
   built on the batched one. When its switch fires it must hand e back before the step can be finished; it
