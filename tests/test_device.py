@@ -19,12 +19,13 @@ from internal_rl.metacontroller.training import MetacontrollerTrainConfig, train
 from internal_rl.models.base_model import BaseModelConfig
 from internal_rl.models.heads import CategoricalActionHead
 from internal_rl.models.pretraining import PretrainConfig, train_base_model
-from internal_rl.models.transformer import TransformerConfig
 from internal_rl.pipeline.reproduce import reproduce
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.policies import CodePolicy, RawActionPolicy
 from internal_rl.rl.rollouts import collect_internal_rollouts, collect_raw_rollouts
 from internal_rl.rl.training import train_rl
+
+from helpers import TINY_TRUNK
 from test_pipeline import TINY
 from test_rl import GRID, random_models, tiny_config
 
@@ -78,7 +79,7 @@ def grid_data(tmp_path_factory):
 
 
 def tiny_pretrain(steps: int) -> PretrainConfig:
-    trunk = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    trunk = TINY_TRUNK
     return PretrainConfig(model=BaseModelConfig(transformer=trunk), steps=steps, batch_size=8, lr=3e-3, log_every=2,
                           eval_every=2, checkpoint_every=3, eval_rollouts=0, holdout_fraction=0.25)
 

@@ -14,8 +14,9 @@ from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.metacontroller.modules import Metacontroller, MetacontrollerConfig
 from internal_rl.models.base_model import BaseModel, BaseModelConfig
 from internal_rl.models.controller import apply_controller
-from internal_rl.models.transformer import TransformerConfig
 from internal_rl.rl.internal_env import BatchedInternalEnv, InternalEnv
+
+from helpers import TINY_TRUNK
 
 GRID = GridWorldConfig(size=4, n_colours=2, n_walls=1, horizon=15, tasks=((0,), (1,)))
 HOOK = "blocks.0.hook_resid_post"
@@ -25,7 +26,7 @@ def tiny_models(force_switch: bool = False, seed: int = 0) -> tuple[BaseModel, M
     """A random 2-layer base model and a random metacontroller whose switch fires now and then and whose
     decoder's U depends on z (a fresh decoder has U = 0 exactly)."""
     torch.manual_seed(seed)
-    transformer = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    transformer = TINY_TRUNK
     base = BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=transformer, init_scale=1.0)).freeze()
     config = MetacontrollerConfig(d_model=16, hook=HOOK, n_z=3, rank=2, embedder_width=8, force_switch=force_switch)
     metacontroller = Metacontroller(config)

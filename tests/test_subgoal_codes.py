@@ -9,10 +9,11 @@ from internal_rl.common.errors import ConfigError
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.models.base_model import BaseModel, BaseModelConfig
 from internal_rl.models.controller import ControllerDecoder, apply_controller
-from internal_rl.models.transformer import TransformerConfig
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.subgoal_codes import SubgoalCodes
 from internal_rl.rl.training import RLConfig
+
+from helpers import TINY_TRUNK
 
 # Colours 0-1 are subgoal 0 and 2-3 subgoal 1 (the grid world's pairs); the task's subgoal changes once
 # colour 1 is reached, which a random model does first in about a quarter of the episodes.
@@ -22,7 +23,7 @@ HOOK = "blocks.0.hook_resid_post"
 
 def tiny_codes(seed: int = 0) -> tuple[BaseModel, SubgoalCodes]:
     torch.manual_seed(seed)
-    transformer = TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    transformer = TINY_TRUNK
     base = BaseModel(BaseModelConfig(obs_dim=GRID.obs_dim, transformer=transformer, init_scale=1.0)).freeze()
     decoder = ControllerDecoder(n_z=4, d_model=16, rank=2, hidden=8)
     torch.nn.init.normal_(decoder.b_head.weight, std=1.0)  # a fresh decoder's U is 0 for every code
