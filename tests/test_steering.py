@@ -26,8 +26,10 @@ from internal_rl.common.errors import ConfigError
 from internal_rl.data.dataset import TrajectoryDataset
 from internal_rl.data.generate import generate_trajectories
 from internal_rl.envs.gridworld import GridWorldConfig
-from internal_rl.models.base_model import BaseModel, BaseModelConfig, save_base_model
+from internal_rl.models.base_model import BaseModel, BaseModelConfig
 from internal_rl.models.transformer import TransformerConfig
+
+from helpers import write_run_folder
 
 TINY = SteeringConfig(steps=3, batch_size=8, nll_episodes=16, episodes=8)
 
@@ -169,8 +171,7 @@ def test_layer_resolution():
 def run_dir(tmp_path_factory, dataset):
     root = tmp_path_factory.mktemp("steer_cli")
     data = dataset.save(root / "data")
-    save_base_model(root / "run" / "pretrain" / "checkpoint", _model(n_layers=2), {"dataset": {"path": str(data)}})
-    return root / "run"
+    return write_run_folder(root / "run", _model(n_layers=2), data=data).root
 
 
 def test_cli_steer_writes_results_and_plot(run_dir, capsys):
