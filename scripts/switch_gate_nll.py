@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from internal_rl.analysis.switching import _held_out_of
 from internal_rl.common.checkpoint import load_checkpoint
 from internal_rl.common.errors import InternalRLError
 from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
 from internal_rl.metacontroller.training import _valid_actions
 from internal_rl.models.controller import apply_controller
 from internal_rl.pipeline.run_folder import RunFolder
-from internal_rl.pipeline.run_steps import held_out_episodes
 
 VARIANTS = ("soft", "hard", "first code", "zero code", "base model")
 
@@ -78,7 +78,7 @@ def main() -> None:
     try:
         checkpoint = find_metacontroller_checkpoint(args.run / args.stage)
         _, config, _ = load_checkpoint(checkpoint)
-        held_out = held_out_episodes(config)
+        held_out = _held_out_of(config, None)
         base = RunFolder(args.run).base_model(args.stage)
         metacontroller = load_metacontroller(checkpoint).eval()
         print(json.dumps({"run": str(args.run), "stage": args.stage,

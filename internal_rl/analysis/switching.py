@@ -360,3 +360,13 @@ def _save_png(fig: Figure, path: Path) -> Path:
     fig.savefig(tmp, format="png")
     tmp.replace(path)
     return path
+
+
+def _held_out_of(metacontroller_config: dict[str, Any], data: Path | None) -> Any:
+    """The held-out episodes the metacontroller was not trained on (same split as its training)."""
+    from internal_rl.data.dataset import load_dataset
+
+    data_dir = Path(data) if data is not None else Path(metacontroller_config["dataset"]["path"])
+    dataset = load_dataset(data_dir)
+    train = metacontroller_config["train"]
+    return dataset.split(train["holdout_fraction"], train["seed"])[1]

@@ -10,12 +10,18 @@ import torch
 from internal_rl.analysis.code_replay import replay_codes
 from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
 from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
-from internal_rl.analysis.switching import collect_traces, plot_alpha_sweep, plot_beta_traces, switching_report
+from internal_rl.analysis.switching import (
+    _held_out_of,
+    collect_traces,
+    plot_alpha_sweep,
+    plot_beta_traces,
+    switching_report,
+)
 from internal_rl.common.checkpoint import load_checkpoint, save_checkpoint
 from internal_rl.common.config import load_json, replace, save_json
 from internal_rl.common.device import resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError
-from internal_rl.data.dataset import TrajectoryDataset, load_dataset, read_manifest
+from internal_rl.data.dataset import load_dataset, read_manifest
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task
@@ -98,14 +104,6 @@ def load_controller_decoder(path: Path) -> Any:
     return decoder.eval().requires_grad_(False)
 
 
-def held_out_episodes(checkpoint_config: dict[str, Any], data: Path | None = None) -> TrajectoryDataset:
-    """The held-out episodes a metacontroller checkpoint was not trained on (same split as its training), from
-    `data` or else the dataset its config records."""
-    data_dir = Path(data) if data is not None else Path(checkpoint_config["dataset"]["path"])
-    train = checkpoint_config["train"]
-    return load_dataset(data_dir).split(train["holdout_fraction"], train["seed"])[1]
-
-
 def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Path | None = None,
                 max_episodes: int = 1000, seed: int = 0, plot: bool = True) -> dict[str, Any]:
     """Switching analysis of RUN's metacontroller on its held-out episodes; writes RUN/switching.json and
@@ -113,7 +111,7 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
     run = RunFolder(run_dir)
     checkpoint = find_metacontroller_checkpoint(run.stage(stage_name))
     _, config, _ = load_checkpoint(checkpoint)
-    held_out = held_out_episodes(config, data)
+    held_out = _held_out_of(config, data)
     base = run.base_model(stage_name)
     metacontroller = load_metacontroller(checkpoint)
     traces = collect_traces(base, metacontroller, held_out, max_episodes)
