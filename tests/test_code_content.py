@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from internal_rl.analysis.code_content import code_content, grid_positions, segments_of
+from internal_rl.analysis.code_content import code_content, grid_positions, place_labels, segments_of
 from internal_rl.analysis.switching import EpisodeTrace
 from internal_rl.common.errors import ConfigError
 from internal_rl.envs.gridworld import GridWorldConfig
@@ -65,3 +65,18 @@ def test_grid_positions_reads_the_agent_and_the_colours():
     assert agent.tolist() == [4, 5] and colours[3].tolist() == [1, 2] and (colours[0] == -1).all()
     with pytest.raises(ConfigError, match="agents"):
         grid_positions(np.zeros(CONFIG.obs_dim), CONFIG)
+
+
+def test_place_labels_name_the_target_cell_per_colour_or_held_per_segment():
+    grid = np.zeros((CONFIG.size, CONFIG.size, CONFIG.n_channels), dtype=np.float32)
+    grid[0, 1, 0] = grid[2, 3, 1] = grid[6, 6, 2] = grid[3, 3, -1] = 1.0
+    steps = 5  # heads for colour 0, 0, 1 (subgoal 0), then 2, 2 (subgoal 1)
+    arrays = {
+        "observations": np.repeat(grid.reshape(1, -1), steps, axis=0),
+        "targets": np.array([0, 0, 1, 2, 2]),
+        "subgoals": np.array([0, 0, 0, 1, 1]),
+        "episode_starts": np.array([0]),
+    }
+    cell = lambda r, c: r * CONFIG.size + c  # noqa: E731
+    assert place_labels(arrays, CONFIG).tolist() == [cell(0, 1)] * 2 + [cell(2, 3)] + [cell(6, 6)] * 2
+    assert place_labels(arrays, CONFIG, held=True).tolist() == [cell(0, 1)] * 3 + [cell(6, 6)] * 2

@@ -62,6 +62,26 @@ def grid_positions(observation: np.ndarray, config: GridWorldConfig) -> tuple[np
     return agent[0], colours
 
 
+def place_labels(arrays: dict[str, np.ndarray], config: GridWorldConfig, held: bool = False) -> np.ndarray:
+    """Per step of a grid-world dataset's flat `arrays`, the cell index (row * size + col) of the colour the
+    expert heads for; with `held`, of the first colour of the step's subgoal segment, held for the whole
+    segment (what a place code held from the segment start names). Int [N]; -1 where there is no target.
+    As labels of supervised controllers they ask: does a place explain the actions better than a subgoal?"""
+    n = len(arrays["targets"])
+    grid = arrays["observations"].reshape(n, config.size * config.size, config.n_channels)
+    targets = arrays["targets"].astype(np.int64)
+    on_target = grid[np.arange(n), :, np.maximum(targets, 0)]  # [N, cells]
+    place = np.where((targets >= 0) & (on_target.max(1) > 0.5), on_target.argmax(1), -1)
+    if not held:
+        return place
+    start = np.zeros(n, dtype=bool)
+    start[arrays["episode_starts"].astype(np.int64)] = True
+    subgoals = arrays["subgoals"]
+    start[1:] |= subgoals[1:] != subgoals[:-1]
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    return np.where(subgoals >= 0, place[first], -1)
+
+
 def segments_of(traces: Sequence[EpisodeTrace], observations: Sequence[np.ndarray], actions: Sequence[np.ndarray],
                 first_colours: Sequence[int], config: GridWorldConfig) -> Segments:
     """Every true segment of `traces` (their episodes' `observations` [T, obs_dim] and `actions` [T]);
