@@ -38,16 +38,27 @@ from internal_rl.pipeline.rl_stage import env_config_of_run
 from internal_rl.rl.training import RLConfig, train_rl
 
 
+def held_place(env: BatchedInternalEnv) -> torch.Tensor:
+    """int64 [N]: the cell of the first colour of each episode's current subgoal (0 once it has ended): the
+    true choice among controllers fitted on `steering_diagnostics.py --labels held-place`."""
+    subgoal = env.current_subgoals().cpu().numpy()
+    layouts = env.env.layouts.reshape(len(subgoal), -1)
+    cells = (layouts == (2 * np.maximum(subgoal, 0))[:, None]).argmax(1)
+    return torch.from_numpy(np.where(subgoal >= 0, cells, 0)).to(env.device)
+
+
 @torch.no_grad()
-def true_choice_success(base_model, codes: SubgoalCodes, env_config, switch: str, episodes: int, seed: int) -> float:
-    """Success when every decision picks the controller of the episode's current true subgoal: what RL over
-    these codes can reach at best (up to the timing of a learned switch)."""
+def true_choice_success(base_model, codes: SubgoalCodes, env_config, switch: str, episodes: int, seed: int,
+                        labels: str = "subgoal") -> float:
+    """Success when every decision picks the controller of the episode's current true subgoal (or of its first
+    colour's cell, for `labels` held-place): what RL over these codes can reach at best (up to the timing of
+    a learned switch)."""
     env = BatchedInternalEnv(base_model, codes, env_config, episodes, switch=switch)
     env.reset(seed)
 
     def decide(e: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
-        subgoal = env.current_subgoals()[env_ids].clamp_min(0)
-        return F.one_hot(subgoal, codes.config.n_z).float()
+        choice = env.current_subgoals().clamp_min(0) if labels == "subgoal" else held_place(env)
+        return F.one_hot(choice[env_ids], codes.config.n_z).float()
 
     while not bool(env.done.all()):
         env.step(decide)
@@ -61,6 +72,9 @@ def main() -> None:
                         help="controller checkpoint folder (scripts/steering_diagnostics.py --save)")
     parser.add_argument("--codes", choices=["supervised", "metacontroller"], default="supervised",
                         help="supervised: a code picks one of --controllers; metacontroller: RUN's metacontroller")
+    parser.add_argument("--labels", choices=["subgoal", "held-place"], default="subgoal",
+                        help="what --controllers are indexed by (for the true-choice ceiling): subgoals, or the cell "
+                             "of a subgoal's first colour (steering_diagnostics.py --labels held-place)")
     parser.add_argument("--task", default="0-1-2-3", help="post-training task, e.g. 0-1-2-3-4-5")
     parser.add_argument("--switch", choices=["subgoal", "learned"], default="subgoal")
     parser.add_argument("--episodes", type=int, default=32_768, help="training episodes per seed")
@@ -86,11 +100,12 @@ def main() -> None:
             policy_width=64, policy_heads=4, eval_episodes=args.eval_episodes, switch=args.switch,
         )
         results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        results.update(task=args.task, switch=args.switch, codes=args.codes, controllers=str(args.controllers))
+        results.update(task=args.task, switch=args.switch, codes=args.codes, controllers=str(args.controllers),
+                       labels=args.labels)
         results.setdefault("seeds", {})
         if args.codes == "supervised" and "true_choice_success" not in results:
             results["true_choice_success"] = true_choice_success(
-                base_model, codes, env_config, args.switch, args.eval_episodes, derive_seed(0, "true-choice"))
+                base_model, codes, env_config, args.switch, args.eval_episodes, derive_seed(0, "true-choice"), args.labels)
             print(f"true subgoal's controller at every decision: {results['true_choice_success']:.3f}", file=sys.stderr)
         for seed in range(args.seeds):
             if str(seed) in results["seeds"]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from internal_rl.analysis.code_content import place_labels
 from internal_rl.analysis.steering import (
     SteeringConfig,
     controller_intervention,
@@ -48,6 +49,7 @@ from internal_rl.models.base_model import load_base_model
 from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_steps import load_steering_decoder, save_controller_decoder
 
+LABELS = ("subgoal", "shared", "colour", "place", "held-place")
 MODES = {"sampled": dict(greedy=False, temperature=1.0), "t0.5": dict(greedy=False, temperature=0.5),
          "greedy": dict(greedy=True, temperature=1.0)}
 
@@ -81,7 +83,20 @@ def habit_split(rollout: dict[str, np.ndarray], tasks: np.ndarray) -> dict[str, 
             "then_g": float((done_h & (rollout["progress"] >= 3)).sum() / count)}
 
 
-def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook) -> dict:
+def place_of(held: bool):
+    """label_of for controllers fitted on place labels: the cell of each env's target colour, or with `held`
+    of its subgoal's first colour (0 once an env is done)."""
+
+    def label_of(env) -> np.ndarray:
+        target = env.target()
+        colour = np.where(target >= 0, (target // 2) * 2 if held else target, 0)
+        flat = env.layouts.reshape(len(colour), -1)
+        return np.where(target >= 0, (flat == colour[:, None]).argmax(1), 0).astype(np.int64)
+
+    return label_of
+
+
+def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook, label_of=None) -> dict:
     """evaluate_controllers plus the failure classes of the single, override and post-training rollouts."""
     classes: dict[str, dict] = {}
 
@@ -95,7 +110,8 @@ def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook) -> d
         if name == "override":
             classes[name]["after_h"] = habit_split(rollout, padded)
 
-    result = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook, on_rollout=classify)
+    result = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook, on_rollout=classify,
+                                  label_of=label_of)
     for name, key in (("single", "single"), ("override", "override"), ("posttrain", "chained_posttrain")):
         result[key].update(classes[name])
     return result
@@ -142,7 +158,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="training data (default RUN/data-clean, D*)")
     parser.add_argument("--episodes", type=int, default=1024, help="rollout episodes per evaluation")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}; empty: fit only")
     parser.add_argument("--rank", default="16", help="rank of each U_g, or full (default 16, the paper's grid)")
     parser.add_argument("--start-weight", type=float, default=1.0,
                         help="weight of the NLL on a subgoal segment's first --start-steps steps (default 1: the "
@@ -151,9 +167,13 @@ def main() -> None:
     parser.add_argument("--shift", action="store_true",
                         help="affine controllers e + U_g e + c_g (a deviation): an added vector c_g does not depend on "
                              "the context e, so it can push towards g where the context points elsewhere")
-    parser.add_argument("--shared", action="store_true",
-                        help="fit one controller for every step (all labels 0): what a controller gains without the "
-                             "subgoal, e.g. from the data's tie-breaking; evaluated as controller 0 throughout")
+    parser.add_argument("--labels", choices=LABELS, default="subgoal",
+                        help="what indexes the fitted controllers: subgoal (the default); shared, one controller for "
+                             "every step (what a controller gains without the subgoal, e.g. from the data's "
+                             "tie-breaking; evaluated as controller 0 throughout); colour, the colour the expert heads for; "
+                             "place, that colour's cell; held-place, the cell of the segment's first colour, held for "
+                             "the segment (rolled out with the controller of the target's cell, or of its pair's "
+                             "first colour's). colour fits only (no rollouts).")
     parser.add_argument("--save", type=Path,
                         help="also write the fitted controllers to this checkpoint folder (for rl_over_subgoal_controllers.py)")
     parser.add_argument("--out", type=Path, required=True)
@@ -168,19 +188,27 @@ def main() -> None:
         fit: dict = {"steps": args.steps}
         if args.steps > 0:
             dataset = load_dataset(args.data or args.run / "data-clean")
-            if args.shared:
+            n_labels = config.n_subgoals
+            if args.labels != "subgoal":
                 arrays = dict(dataset.arrays)
-                arrays["subgoals"] = np.where(arrays["subgoals"] >= 0, 0, arrays["subgoals"])
+                if args.labels == "shared":
+                    arrays["subgoals"] = np.where(arrays["subgoals"] >= 0, 0, arrays["subgoals"])
+                elif args.labels == "colour":
+                    arrays["subgoals"] = np.where(arrays["subgoals"] >= 0, arrays["targets"], -1)
+                    n_labels = env_config.n_colours
+                else:
+                    arrays["subgoals"] = place_labels(arrays, env_config, held=args.labels == "held-place")
+                    n_labels = env_config.size**2
                 dataset = TrajectoryDataset.from_arrays(arrays, dataset.manifest)
             rank = None if args.rank == "full" else int(args.rank)
             fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=rank,
-                                 shift=args.shift)
+                                 shift=args.shift, n_subgoals=n_labels)
             if args.start_weight == 1.0:
                 decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
             else:
                 decoder, metrics = fit_weighted(model, dataset, hook, fit_config, args.start_weight, args.start_steps)
             fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or args.run / "data-clean"),
-                       shared=args.shared, rank=args.rank, shift=args.shift, start_weight=args.start_weight, start_steps=args.start_steps,
+                       labels=args.labels, rank=args.rank, shift=args.shift, start_weight=args.start_weight, start_steps=args.start_steps,
                        heldout_nll_uncontrolled=heldout_action_nll(
                            model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))
             print(f"held-out NLL {fit['heldout_nll_uncontrolled']:.4f} -> {fit['heldout_nll_controlled']:.4f}",
@@ -191,10 +219,12 @@ def main() -> None:
             decoder = load_steering_decoder(args.run, hook)
             fit["source"] = "the steering stage's controller"
         results = {"hook": hook, "fit": fit, "modes": {}}
-        for mode in args.modes.split(","):
+        modes = [m for m in args.modes.split(",") if m] if args.labels != "colour" else []
+        label_of = place_of(args.labels == "held-place") if args.labels in ("place", "held-place") else None
+        for mode in modes:
             mode_config = replace(config, **MODES[mode])
             results["modes"][mode] = {
-                "controlled": evaluate_mode(model, env_config, mode_config, decoder, hook),
+                "controlled": evaluate_mode(model, env_config, mode_config, decoder, hook, label_of),
                 "uncontrolled": evaluate_mode(model, env_config, mode_config, None, None),
             }
             print(f"{mode}:", file=sys.stderr)

@@ -297,3 +297,20 @@ def test_egocentric_embedding_recentres_the_grid_on_the_agent():
         tiny_config(obs_embedding="conv")
     with pytest.raises(ConfigError, match="egocentric needs a square grid"):
         BaseModelConfig(obs_dim=3 * channels, obs_embedding="egocentric", obs_channels=channels)
+
+
+def test_object_offsets_add_each_objects_offset_from_the_agent():
+    """egocentric-offsets = the egocentric map + a linear map of (row, col) offsets / (size - 1) per object
+    channel, 0 for an object that is absent; grid 3x3, objects in channels 0 and 2, channel 1 empty."""
+    size, channels = 3, 4
+    config = BaseModelConfig(obs_dim=size * size * channels, obs_embedding="egocentric-offsets", obs_channels=channels,
+                             transformer=tiny_config().transformer)
+    torch.manual_seed(0)
+    emb = BaseModel(config).obs_embed
+    grid = torch.zeros(size, size, channels)
+    grid[0, 2, 0] = grid[2, 0, 2] = grid[1, 1, -1] = 1.0  # objects at (0, 2) and (2, 0); the agent at (1, 1)
+    obs = grid.reshape(1, 1, -1)
+    offsets = torch.tensor([[-1.0, 1.0, 0.0, 0.0, 1.0, -1.0]]) / (size - 1)
+    with torch.no_grad():
+        want = emb.grid(obs) + emb.offsets(offsets)
+        torch.testing.assert_close(emb(obs), want)

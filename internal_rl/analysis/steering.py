@@ -33,7 +33,7 @@ ended on a colour that was not its target) and `timeout`.
 import functools
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -248,12 +248,14 @@ def rollout_with_controllers(
     seed: int = 0,
     greedy: bool = False,
     temperature: float = 1.0,
+    label_of: Callable[[Any], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Roll the frozen model out in `num_envs` envs of `env_config` with KV-cached stepping until all are done.
 
     With a `decoder`, the controller of each env's current ground-truth subgoal (the subgoal of its target
     colour) is applied at `hook` at every step, so controllers switch exactly when a subgoal is completed;
-    without one the base model acts alone. `tasks` (one per env) defaults to sampling from
+    without one the base model acts alone. `label_of(env)`, if given, picks each env's controller instead
+    (int [num_envs]; e.g. the cell of its target, for controllers fitted on place labels). `tasks` (one per env) defaults to sampling from
     `env_config.tasks`. Returns numpy arrays [num_envs]: "success", "wrong_colour" (ended on a colour
     that was not its target), "timeout" (bool), "progress" (colours completed), "steps", "last_colour"
     (the last colour entered, -1 if none: the wrong one where "wrong_colour").
@@ -272,8 +274,8 @@ def rollout_with_controllers(
             break
         interventions = None
         if decoder is not None:
-            subgoal = torch.from_numpy(colour_to_subgoal[env.target()]).to(device)  # target -1 (done) -> last entry
-            z = subgoal_codes(subgoal, decoder.n_z)[:, None, :]  # [N,1,K], matches the step's [N,1,d]
+            labels = colour_to_subgoal[env.target()] if label_of is None else label_of(env)  # target -1 -> last entry
+            z = subgoal_codes(torch.from_numpy(labels).to(device), decoder.n_z)[:, None, :]  # [N,1,K] as the step's [N,1,d]
             interventions = {hook: controller_intervention(decoder, z)}
         out = model.step(torch.as_tensor(obs, dtype=torch.float32, device=device), state, interventions=interventions)
         actions = _next_actions(model, out.action_params, generator, greedy, temperature)
@@ -300,12 +302,14 @@ def evaluate_controllers(
     hook: str | None = None,
     posttrain_task: Task | None = None,
     on_rollout: Callable[[str, Sequence[Task] | None, dict[str, np.ndarray]], None] | None = None,
+    label_of: Callable[[Any], np.ndarray] | None = None,
 ) -> dict[str, dict]:
     """Single-subgoal, override and chained success (module docstring) with the given controllers, or of
     the base model alone when `decoder` is None, each beside the expert's success on the same layouts.
     Rollout seeds do not depend on the hook, so layers are compared on the same layouts (common random
     numbers). `posttrain_task` defaults to the env's (its task split). `on_rollout(name, tasks, rollout)`,
-    if given, sees each evaluation's rollout arrays (name: single, override, posttrain, pretrain)."""
+    if given, sees each evaluation's rollout arrays (name: single, override, posttrain, pretrain). `label_of` as
+    in `rollout_with_controllers`."""
     spec = spec_of_config(env_config)
     posttrain_task = spec.posttrain_task if posttrain_task is None else posttrain_task
     K = config.n_subgoals
@@ -314,7 +318,7 @@ def evaluate_controllers(
         seed = derive_seed(config.seed, name)
         rollout = rollout_with_controllers(model, env_config, config.episodes if tasks is None else len(tasks),
                                            tasks=tasks, decoder=decoder, hook=hook, seed=seed, greedy=config.greedy,
-                                           temperature=config.temperature)
+                                           temperature=config.temperature, label_of=label_of)
         if on_rollout is not None:
             on_rollout(name, tasks, rollout)
         return rollout, _expert_ceiling(env_config, len(rollout["success"]), seed,

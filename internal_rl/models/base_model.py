@@ -42,7 +42,9 @@ class BaseModelConfig:
     obs_head: str = "bernoulli"  # observation likelihood: "bernoulli" (binary obs) or "gaussian"
     obs_loss_weight: float = 0.01  # lambda in L = sum_t [-ln p(a_t|o_1:t) - lambda ln p(o_t+1|o_1:t)]
     init_scale: float = 0.1  # variance scale of the embedding's and heads' initialisers
-    obs_embedding: str = "linear"  # or "egocentric": see EgocentricObsEmbedding (the paper leaves this open)
+    # or "egocentric" (EgocentricObsEmbedding), or "egocentric-offsets" (plus each object's offset from the
+    # agent; see ObjectOffsets). The paper leaves the embedding open.
+    obs_embedding: str = "linear"
     obs_channels: int = 13  # egocentric only: observation = flattened [cells, obs_channels] one-hot grid
     trunk: str = "transformer"
     transformer: TransformerConfig = field(default_factory=TransformerConfig)  # trunk="transformer" (grid world)
@@ -56,7 +58,7 @@ class BaseModelConfig:
         check(self.obs_loss_weight >= 0, f"BaseModelConfig.obs_loss_weight={self.obs_loss_weight}; expected >= 0")
         check(self.trunk in TRUNKS, f"unknown trunk {self.trunk!r}; valid: {sorted(TRUNKS)}")
         check(self.obs_embedding in OBS_EMBEDDINGS, f"unknown obs embedding {self.obs_embedding!r}; valid: {list(OBS_EMBEDDINGS)}")
-        if self.obs_embedding == "egocentric":
+        if self.obs_embedding != "linear":
             check(
                 self.obs_channels > 0 and self.obs_dim % self.obs_channels == 0,
                 f"obs_channels={self.obs_channels} does not divide obs_dim={self.obs_dim}; egocentric needs [cells, channels]",
@@ -68,7 +70,7 @@ class BaseModelConfig:
             )
 
 
-OBS_EMBEDDINGS = ("linear", "egocentric")
+OBS_EMBEDDINGS = ("linear", "egocentric", "egocentric-offsets")
 
 
 class EgocentricObsEmbedding(nn.Module):
@@ -106,10 +108,38 @@ class EgocentricObsEmbedding(nn.Module):
         return self.proj(view.flatten(1)).reshape(*obs.shape[:-1], -1)
 
 
+class ObjectOffsets(nn.Module):
+    """`EgocentricObsEmbedding` plus a linear map of every object's (row, col) offset from the agent, scaled
+    to [-1, 1] (0 for an object not on the grid), one pair per non-agent channel.
+
+    Also a lossless change of coordinates. It tests one reading of weak subgoal steering: a controller
+    that says "go to colour c" must read where c lies from the residual stream, and the egocentric map packs
+    169 offsets x 13 channels into d_model dimensions; here "colour c lies up and to the left" is two
+    coordinates of the input, so a linear controller can read it directly.
+    """
+
+    def __init__(self, config: "BaseModelConfig", d_model: int):
+        super().__init__()
+        self.grid = EgocentricObsEmbedding(config, d_model)
+        self.offsets = init_linear(nn.Linear(2 * (config.obs_channels - 1), d_model), config.init_scale)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        size, channels = self.grid.size, self.grid.channels
+        grid = obs.reshape(*obs.shape[:-1], size * size, channels)
+        cell = torch.arange(size * size, device=obs.device, dtype=obs.dtype)
+        position = torch.stack([cell // size, cell % size], -1)  # [cells, 2]
+        where = torch.einsum("...kc,kp->...cp", grid, position)  # [..., channels, 2]: an object's (row, col)
+        present = grid.sum(-2)[..., :-1, None] > 0.5  # [..., channels-1, 1]
+        offsets = torch.where(present, (where[..., :-1, :] - where[..., -1:, :]) / (size - 1), 0.0)
+        return self.grid(obs) + self.offsets(offsets.flatten(-2))
+
+
 def make_obs_embedding(config: "BaseModelConfig", d_model: int) -> nn.Module:
-    """The observation embedding: the paper's linear map (default) or `EgocentricObsEmbedding`."""
+    """The observation embedding: the paper's linear map (default), `EgocentricObsEmbedding` or `ObjectOffsets`."""
     if config.obs_embedding == "egocentric":
         return EgocentricObsEmbedding(config, d_model)
+    if config.obs_embedding == "egocentric-offsets":
+        return ObjectOffsets(config, d_model)
     return init_linear(nn.Linear(config.obs_dim, d_model), config.init_scale)
 
 

@@ -128,6 +128,9 @@ PRESETS: dict[str, PretrainConfig] = {
         checkpoint_every=500,
     ),
 }
+# A deviation to test why subgoal controllers steer weakly (docs/results.md): the quick preset with every
+# object's offset from the agent added to the input (ObjectOffsets).
+PRESETS["quick-offsets"] = replace(PRESETS["quick"], model=replace(_QUICK_MODEL, obs_embedding="egocentric-offsets"))
 
 
 def pretrain_preset(name: str, **overrides: Any) -> PretrainConfig:
