@@ -22,7 +22,8 @@ from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import read_manifest
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS
-from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, stage_base_model
+from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
+from internal_rl.pipeline.run_folder import RunFolder
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     held_out = _held_out_of(config, args.data)
     data_path = Path(args.data) if args.data is not None else Path(config["dataset"]["path"])
     env_config = env_config_from_manifest(read_manifest(data_path))
-    traces = collect_traces(stage_base_model(args.run, args.stage), load_metacontroller(checkpoint), held_out,
+    traces = collect_traces(RunFolder(args.run).base_model(args.stage), load_metacontroller(checkpoint), held_out,
                             args.episodes)
     episodes = [held_out.episode(i) for i in range(len(traces))]
     segments = segments_of(traces, [e["observations"] for e in episodes], [e["actions"] for e in episodes],
