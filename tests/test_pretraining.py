@@ -123,7 +123,10 @@ def test_presets_and_bad_values():
     ant = PRESETS["paper-ant"]  # Table A5
     assert (ant.steps, ant.batch_size, ant.lr, ant.weight_decay, ant.model.obs_loss_weight) == (204_800, 512, 3e-4, 0.03, 10.0)
     assert (ant.model.trunk, ant.model.action_head, ant.model.obs_head) == ("hawk", "gaussian", "gaussian")
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: paper, paper-ant, quick, quick-pinpad"):
+    offsets = PRESETS["quick-offsets"]  # the quick preset but for the observation embedding
+    assert offsets.model.obs_embedding == "egocentric-offsets"
+    assert replace(offsets, model=PRESETS["quick"].model) == PRESETS["quick"]
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: paper, paper-ant, quick, quick-offsets, quick-pinpad"):
         pretrain_preset("fast")
     with pytest.raises(ConfigError, match="schedule"):
         PretrainConfig(schedule="linear")
