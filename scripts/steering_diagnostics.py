@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from internal_rl.analysis.code_content import place_labels
-from internal_rl.analysis.steering import (
+from internal_rl.analysis.steering import evaluate_controllers
+from internal_rl.analysis.subgoal_controllers import (
     SteeringConfig,
     controller_intervention,
-    evaluate_controllers,
     fit_subgoal_controllers,
     heldout_action_nll,
     steer_preset,

@@ -9,7 +9,8 @@ import torch
 
 from internal_rl.analysis.code_replay import replay_codes
 from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
-from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
+from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers
+from internal_rl.analysis.subgoal_controllers import steer_preset
 from internal_rl.analysis.switching import (
     _held_out_of,
     collect_traces,

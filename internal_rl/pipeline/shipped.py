@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from internal_rl.analysis.steering import SteeringConfig, heldout_action_nll
+from internal_rl.analysis.subgoal_controllers import SteeringConfig, heldout_action_nll
 from internal_rl.common.checkpoint import copy_weights, load_checkpoint
 from internal_rl.common.config import load_json, save_json
 from internal_rl.common.errors import ConfigError, check
