@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import torch
 
-from internal_rl.analysis.steering import SteeringConfig, evaluate_controllers, fit_subgoal_controllers
+from internal_rl.analysis.steering import evaluate_controllers
+from internal_rl.analysis.subgoal_controllers import SteeringConfig, fit_subgoal_controllers
 from internal_rl.common.device import describe_device, resolve_device
 from internal_rl.data.dataset import load_dataset
 from internal_rl.data.generate import env_config_from_manifest, generate_dataset

@@ -76,11 +76,12 @@ def rl_models(run: Path | None, switch_every_step: bool = False):
     from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK
 
     task = GRID_POSTTRAIN_TASK
-    if run is not None and (run / "metacontroller").is_dir():
-        from internal_rl.models.base_model import load_base_model
+    from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, RunFolder
+
+    if run is not None and RunFolder(run).stage(METACONTROLLER_DIR).is_dir():
         from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller
 
-        base = load_base_model(run)
+        base = RunFolder(run).base_model()
         return base, load_method_metacontroller(run, "internal"), env_config_of_run(run, base, task), str(run)
     from internal_rl.metacontroller.modules import Metacontroller, MetacontrollerConfig
     from internal_rl.models.base_model import BaseModel

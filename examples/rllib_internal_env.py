@@ -24,11 +24,11 @@ def make_env(env_config: dict) -> InternalEnv:
     torch.set_num_threads(1)
     if env_config.get("run"):
         from internal_rl.envs.tasks import parse_task
-        from internal_rl.models.base_model import load_base_model
         from internal_rl.pipeline.rl_stage import env_config_of_run, load_method_metacontroller
+        from internal_rl.pipeline.run_folder import RunFolder
 
         run = Path(env_config["run"])
-        base_model = load_base_model(run)
+        base_model = RunFolder(run).base_model()
         task = parse_task(env_config["task"])
         return InternalEnv(base_model, load_method_metacontroller(run, "internal"), env_config_of_run(run, base_model, task),
                            task=task)

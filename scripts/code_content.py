@@ -22,7 +22,7 @@ from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import read_manifest
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS
-from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
+from internal_rl.metacontroller.modules import load_metacontroller
 from internal_rl.pipeline.run_folder import RunFolder
 
 
@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    checkpoint = find_metacontroller_checkpoint(args.run / args.stage)
+    run = RunFolder(args.run)
+    checkpoint = run.metacontroller_checkpoint(args.stage)
     _, config, _ = load_checkpoint(checkpoint)
     held_out = _held_out_of(config, args.data)
     data_path = Path(args.data) if args.data is not None else Path(config["dataset"]["path"])
     env_config = env_config_from_manifest(read_manifest(data_path))
-    traces = collect_traces(RunFolder(args.run).base_model(args.stage), load_metacontroller(checkpoint), held_out,
+    traces = collect_traces(run.base_model(args.stage), load_metacontroller(checkpoint), held_out,
                             args.episodes)
     episodes = [held_out.episode(i) for i in range(len(traces))]
     segments = segments_of(traces, [e["observations"] for e in episodes], [e["actions"] for e in episodes],

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from internal_rl.common.errors import ConfigError, InternalRLError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import parse_task
-from internal_rl.metacontroller.modules import load_metacontroller
-from internal_rl.models.base_model import load_base_model
 from internal_rl.models.hooks import controlled_hook
+from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.pipeline.run_steps import load_controller_decoder
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.ppo import PPOConfig
@@ -85,13 +84,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
-        base_model = load_base_model(args.run)
+        run = RunFolder(args.run)
+        base_model = run.base_model()
         if args.codes == "metacontroller":
-            codes = load_metacontroller(args.run)
+            codes = run.metacontroller()
         else:
             if args.controllers is None:
                 raise ConfigError("--codes supervised needs --controllers")
-            switching = load_metacontroller(args.run) if args.switch == "learned" else None
+            switching = run.metacontroller() if args.switch == "learned" else None
             hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
             codes = SubgoalCodes(load_controller_decoder(args.controllers), hook, switching)
         env_config = env_config_of_run(args.run, base_model, parse_task(args.task))

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from internal_rl.analysis.code_content import place_labels
-from internal_rl.analysis.steering import (
+from internal_rl.analysis.steering import evaluate_controllers
+from internal_rl.analysis.subgoal_controllers import (
     SteeringConfig,
     controller_intervention,
-    evaluate_controllers,
     fit_subgoal_controllers,
     heldout_action_nll,
     steer_preset,
@@ -45,8 +45,8 @@ from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
-from internal_rl.models.base_model import load_base_model
 from internal_rl.models.hooks import layer_hook
+from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.pipeline.run_steps import load_steering_decoder, save_controller_decoder
 
 LABELS = ("subgoal", "shared", "colour", "place", "held-place")
@@ -179,15 +179,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
-        model = load_base_model(args.run)
+        run = RunFolder(args.run)
+        model = run.base_model()
         hook = layer_hook(args.layer if args.layer is not None else model.n_layers // 2, model.n_layers)
         # The env as the data were generated (the pretraining tasks); the chained evaluation runs on the
         # env's post-training task.
-        env_config = env_config_from_manifest(load_dataset(args.run / "data").manifest)
+        env_config = env_config_from_manifest(load_dataset(run.data).manifest)
         config = replace(steer_preset("quick"), episodes=args.episodes, seed=args.seed)
         fit: dict = {"steps": args.steps}
         if args.steps > 0:
-            dataset = load_dataset(args.data or args.run / "data-clean")
+            dataset = load_dataset(args.data or run.clean_data)
             n_labels = config.n_subgoals
             if args.labels != "subgoal":
                 arrays = dict(dataset.arrays)
@@ -207,7 +208,7 @@ def main() -> None:
                 decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
             else:
                 decoder, metrics = fit_weighted(model, dataset, hook, fit_config, args.start_weight, args.start_steps)
-            fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or args.run / "data-clean"),
+            fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or run.clean_data),
                        labels=args.labels, rank=args.rank, shift=args.shift, start_weight=args.start_weight, start_steps=args.start_steps,
                        heldout_nll_uncontrolled=heldout_action_nll(
                            model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))

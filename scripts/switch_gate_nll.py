@@ -27,7 +27,7 @@ import torch
 from internal_rl.analysis.switching import _held_out_of
 from internal_rl.common.checkpoint import load_checkpoint
 from internal_rl.common.errors import InternalRLError
-from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
+from internal_rl.metacontroller.modules import load_metacontroller
 from internal_rl.metacontroller.training import _valid_actions
 from internal_rl.models.controller import apply_controller
 from internal_rl.pipeline.run_folder import RunFolder
@@ -76,10 +76,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     args = parser.parse_args()
     try:
-        checkpoint = find_metacontroller_checkpoint(args.run / args.stage)
+        run = RunFolder(args.run)
+        checkpoint = run.metacontroller_checkpoint(args.stage)
         _, config, _ = load_checkpoint(checkpoint)
         held_out = _held_out_of(config, None)
-        base = RunFolder(args.run).base_model(args.stage)
+        base = run.base_model(args.stage)
         metacontroller = load_metacontroller(checkpoint).eval()
         print(json.dumps({"run": str(args.run), "stage": args.stage,
                           **nll_by_variant(base, metacontroller, held_out, args.episodes)}))

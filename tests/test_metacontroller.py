@@ -526,7 +526,7 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     assert main(["metacontroller", "--run", str(run), "--steps", "3", "--resume"]) == 0
     assert main(["metacontroller", "--run", str(run), "--steps", "2", "--force-switch"]) == 0
     assert load_metacontroller(run / "metacontroller-no-switch").config.force_switch
-    assert load_metacontroller(run).config.hook == "blocks.0.hook_resid_post"
+    assert RunFolder(run).metacontroller().config.hook == "blocks.0.hook_resid_post"
     assert main(["analyse", "--run", str(run), "--episodes", "20"]) == 0
     report = load_json(run / "switching.json")
     assert 0.0 <= report["subgoal_switches"]["f1"] <= 1.0 and report["episodes"] == 15  # the held-out 10%
@@ -537,7 +537,7 @@ def test_cli_end_to_end_on_tiny_run(tmp_path, capsys):
     stage = run / "metacontroller-cotrained"
     cotrained, pretrained = RunFolder(run).base_model(stage.name), RunFolder(run).base_model("metacontroller")
     assert torch.equal(cotrained.ln_final.weight, load_base_model(stage / "base_model").ln_final.weight)
-    assert torch.equal(pretrained.ln_final.weight, load_base_model(run).ln_final.weight)
+    assert torch.equal(pretrained.ln_final.weight, load_base_model(RunFolder(run).pretrain).ln_final.weight)
     assert not torch.equal(cotrained.obs_embed.weight, pretrained.obs_embed.weight)
     assert main(["analyse", "--run", str(run), "--stage", stage.name, "--episodes", "20"]) == 0
     assert (run / "switching_metacontroller-cotrained.json").is_file()

@@ -5,7 +5,8 @@ Gaussian action head, on a tiny Hawk model and a short horizon."""
 import pytest
 import torch
 
-from internal_rl.analysis.steering import SteeringConfig, evaluate_controllers, rollout_with_controllers
+from internal_rl.analysis.steering import evaluate_controllers, rollout_with_controllers
+from internal_rl.analysis.subgoal_controllers import SteeringConfig
 from internal_rl.common.config import replace
 from internal_rl.common.errors import ConfigError
 from internal_rl.data.generate import env_config_from_manifest, generate_dataset, generate_trajectories

@@ -143,7 +143,7 @@ def test_run_pretraining_writes_stage_and_refuses_overwrite(data_dir, tmp_path):
     assert (stage / "tb").is_dir()
     config = json.loads((stage / "checkpoint" / "config.json").read_text())
     assert config["dataset"]["checksum"] == result["dataset"]["checksum"] and config["step"] == 4
-    model = load_base_model(tmp_path / "run")
+    model = load_base_model(stage)
     assert model.config.obs_dim == 637 and not model.training
     with pytest.raises(CheckpointError, match="--resume"):
         run_pretraining(tiny(4), data_dir, tmp_path / "run", show_progress=False)

@@ -8,6 +8,8 @@ from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.data.generate import generate_trajectories
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK
+from internal_rl.metacontroller.modules import Metacontroller, MetacontrollerConfig, load_metacontroller
+from internal_rl.models.base_model import load_base_model
 from internal_rl.pipeline.run_folder import RunFolder, stage_suffix
 
 
@@ -57,3 +59,26 @@ def test_a_run_without_a_recorded_or_present_dataset_is_refused_with_the_way_out
     moved = make_run_folder(tmp_path / "moved", tiny_base_model, data=tmp_path / "gone")
     with pytest.raises(CheckpointError, match="gone .*is missing"):
         moved.env_config()
+
+
+def test_a_run_resolves_its_checkpoints_and_the_component_loaders_take_only_checkpoint_or_stage_folders(
+        tmp_path, tiny_base_model, make_run_folder):
+    metacontroller = Metacontroller(MetacontrollerConfig(d_model=16, hook="blocks.0.hook_resid_post", n_z=2, rank=2,
+                                                         embedder_width=8))
+    run = make_run_folder(tmp_path / "run", tiny_base_model, metacontrollers={"metacontroller": metacontroller,
+                                                                            "compile-like": metacontroller})
+    assert run.base_model_checkpoint() == tmp_path / "run" / "pretrain" / "checkpoint"
+    assert run.base_model_checkpoint("metacontroller") == run.base_model_checkpoint()  # no co-trained base model
+    assert run.metacontroller_checkpoint() == tmp_path / "run" / "metacontroller" / "checkpoint"
+    assert run.metacontroller_checkpoint("compile-like") == tmp_path / "run" / "compile-like" / "checkpoint"
+    assert run.metacontroller().config == metacontroller.config and not run.metacontroller().training
+    assert not run.base_model(frozen=False).freeze().training
+    # The loaders read a checkpoint folder or the stage folder holding it; a whole run folder is RunFolder's.
+    assert load_base_model(run.pretrain).config == load_base_model(run.base_model_checkpoint()).config
+    assert load_metacontroller(run.stage("metacontroller")).config == metacontroller.config
+    with pytest.raises(CheckpointError, match="no base model checkpoint .*RUN/pretrain"):
+        load_base_model(run.root)
+    with pytest.raises(CheckpointError, match="no metacontroller checkpoint .*RUN/metacontroller"):
+        load_metacontroller(run.root)
+    with pytest.raises(CheckpointError, match="no metacontroller checkpoint"):
+        run.metacontroller("missing")

@@ -14,6 +14,7 @@ from internal_rl.metacontroller.training import preset as metacontroller_preset
 from internal_rl.models.base_model import load_base_model
 from internal_rl.models.pretraining import pretrain_preset
 from internal_rl.pipeline.reproduce import reproduce_preset
+from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.pipeline.shipped import PROVENANCE, heldout_check, install_shipped, shipped_path, shipped_stages
 
 DEMO = reproduce_preset("demo")
@@ -51,7 +52,7 @@ def test_the_metacontrollers_load_and_match_their_preset(stage, force_switch):
 def test_install_puts_a_stage_into_a_run_folder(tmp_path):
     summary = install_shipped(DEMO.shipped, "pretrain", tmp_path)
     assert summary == load_json(tmp_path / "pretrain" / "eval.json")
-    assert load_base_model(tmp_path).d_model == load_base_model(SHIPPED / "pretrain").d_model
+    assert RunFolder(tmp_path).base_model().d_model == load_base_model(SHIPPED / "pretrain").d_model
     with pytest.raises(ConfigError, match="no shipped checkpoints 'nope'"):
         install_shipped("nope", "pretrain", tmp_path)
     with pytest.raises(ConfigError, match="no 'probe' stage"):
@@ -79,7 +80,7 @@ def test_the_demo_pipeline_installs_the_shipped_models_instead_of_training(tmp_p
     stages["metacontroller"].run(tmp_path)
     assert analysed == ["metacontroller"]
     assert not (tmp_path / "metacontroller" / "tb").exists()  # installed, not trained
-    metacontroller = load_metacontroller(tmp_path)
+    metacontroller = RunFolder(tmp_path).metacontroller()
     assert metacontroller.config == load_metacontroller(SHIPPED / "metacontroller").config
 
 

@@ -8,16 +8,18 @@ import torch
 
 from internal_rl.analysis.plots import align_runs, plot_curves, plot_layers, summarize
 from internal_rl.analysis.steering import (
-    SteeringConfig,
-    controller_intervention,
     evaluate_controllers,
-    fit_subgoal_controllers,
-    heldout_action_nll,
     hook_layer,
     plot_steering_results,
     resolve_layers,
     rollout_with_controllers,
     steer_layers,
+)
+from internal_rl.analysis.subgoal_controllers import (
+    SteeringConfig,
+    controller_intervention,
+    fit_subgoal_controllers,
+    heldout_action_nll,
     steer_preset,
     subgoal_codes,
 )

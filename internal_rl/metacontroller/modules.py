@@ -315,20 +315,15 @@ class Metacontroller(nn.Module):
         return self.controller_decoder(z)
 
 
-# The default metacontroller stage folder of a run (pipeline/run_folder.py holds the whole layout): the loader
-# also accepts a run folder and looks for its checkpoint there.
-METACONTROLLER_DIR = "metacontroller"
-
-
 def find_metacontroller_checkpoint(path: Path) -> Path:
-    """The checkpoint folder for `path`: a run folder, its metacontroller stage folder, or the checkpoint itself."""
+    """The checkpoint folder for `path`: the checkpoint itself, or a stage folder holding it in ./checkpoint
+    (a run folder's is `RunFolder(run).metacontroller_checkpoint(stage)`)."""
     path = Path(path)
-    for candidate in (path, path / CHECKPOINT_SUBDIR, path / METACONTROLLER_DIR / CHECKPOINT_SUBDIR):
+    for candidate in (path, path / CHECKPOINT_SUBDIR):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
-    raise CheckpointError(
-        f"no metacontroller checkpoint in {path} (looked for it, ./{CHECKPOINT_SUBDIR} and ./{METACONTROLLER_DIR}/{CHECKPOINT_SUBDIR})"
-    )
+    raise CheckpointError(f"no metacontroller checkpoint in {path} (looked for it and ./{CHECKPOINT_SUBDIR}); "
+                          f"pass a checkpoint or stage folder (a run's default is RUN/metacontroller)")
 
 
 def segmenter_key(config: dict[str, Any], path: Path | str = "this checkpoint") -> str:
@@ -340,13 +335,13 @@ def segmenter_key(config: dict[str, Any], path: Path | str = "this checkpoint") 
                           f"or 'compile' key")
 
 
-def load_metacontroller(run_dir: Path) -> Segmenter:
-    """Load a trained metacontroller (or CompILE baseline), frozen (eval mode, no gradients), from a run, stage
-    or checkpoint folder."""
+def load_metacontroller(path: Path) -> Segmenter:
+    """Load a trained metacontroller (or CompILE baseline), frozen (eval mode, no gradients), from a checkpoint
+    folder (or the stage folder holding it)."""
     from internal_rl.common.checkpoint import load_checkpoint
     from internal_rl.common.config import config_from_dict
 
-    path = find_metacontroller_checkpoint(run_dir)
+    path = find_metacontroller_checkpoint(path)
     weights, config, _ = load_checkpoint(path)
     key = segmenter_key(config, path)
     model_class, config_class = (CompILE, CompILEConfig) if key == "compile" else (Metacontroller, MetacontrollerConfig)

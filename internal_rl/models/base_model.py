@@ -311,17 +311,19 @@ def save_base_model(
 
 
 def find_base_model_checkpoint(path: Path) -> Path:
-    """The checkpoint folder for `path`: a run folder, its pretrain stage folder, or the checkpoint itself."""
+    """The checkpoint folder for `path`: the checkpoint itself, or a stage folder holding it in ./checkpoint
+    (a run folder's base model is `RunFolder(run).base_model_checkpoint()`)."""
     path = Path(path)
-    for candidate in (path, path / CHECKPOINT_SUBDIR, path / "pretrain" / CHECKPOINT_SUBDIR):
+    for candidate in (path, path / CHECKPOINT_SUBDIR):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
-    raise CheckpointError(f"no base model checkpoint in {path} (looked for it, ./{CHECKPOINT_SUBDIR} and ./pretrain/{CHECKPOINT_SUBDIR})")
+    raise CheckpointError(f"no base model checkpoint in {path} (looked for it and ./{CHECKPOINT_SUBDIR}); "
+                          f"pass a checkpoint or stage folder (a run's is RUN/pretrain)")
 
 
-def load_base_model(run_dir: Path, *, frozen: bool = True) -> BaseModel:
-    """Rebuild a base model from a run folder (or its pretrain stage or checkpoint folder); frozen by default."""
-    path = find_base_model_checkpoint(run_dir)
+def load_base_model(path: Path, *, frozen: bool = True) -> BaseModel:
+    """Rebuild a base model from a checkpoint folder (or the stage folder holding it); frozen by default."""
+    path = find_base_model_checkpoint(path)
     weights, config, _ = load_checkpoint(path)
     if MODEL_CONFIG_KEY not in config:
         raise CheckpointError(f"{path / 'config.json'} has no {MODEL_CONFIG_KEY!r} entry; not a base model checkpoint")

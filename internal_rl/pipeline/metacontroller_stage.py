@@ -14,7 +14,7 @@ from internal_rl.data.dataset import load_dataset
 from internal_rl.metacontroller.compile import CompILEConfig
 from internal_rl.metacontroller.modules import MetacontrollerConfig
 from internal_rl.metacontroller.training import COTRAIN_INITS, preset, train_metacontroller
-from internal_rl.models.base_model import BaseModel, load_base_model, save_base_model
+from internal_rl.models.base_model import BaseModel, save_base_model
 from internal_rl.pipeline.run_folder import (
     COMPILE_DIR,
     COTRAINED_DIR,
@@ -81,7 +81,7 @@ def train_metacontroller_run(
               MetacontrollerConfig(force_switch=force_switch, label_switches=label_switches, rank=rank, **alpha_override))
     data_dir = run.dataset_or(data)
     dataset = load_dataset(data_dir)
-    base = load_base_model(run.root, frozen=cotrain is None)
+    base = run.base_model(frozen=cotrain is None)
     if cotrain == "scratch":
         with torch.random.fork_rng(devices=[]):  # seeded, and the global RNG the training seeds stays untouched
             torch.manual_seed(derive_seed(train.seed, "cotrain-init"))

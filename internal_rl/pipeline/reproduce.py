@@ -18,7 +18,7 @@ from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
 from internal_rl.analysis.probes import probe_preset
-from internal_rl.analysis.steering import steer_preset
+from internal_rl.analysis.subgoal_controllers import steer_preset
 from internal_rl.data.generate import generate_dataset
 from internal_rl.envs.registry import env_spec
 from internal_rl.metacontroller.training import COMPILE_PRESETS

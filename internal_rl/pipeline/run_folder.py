@@ -34,7 +34,7 @@ from internal_rl.data.dataset import MANIFEST
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import Task
-from internal_rl.metacontroller.modules import load_metacontroller
+from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller
 from internal_rl.metacontroller.segmenter import Segmenter
 from internal_rl.models.base_model import CHECKPOINT_SUBDIR, BaseModel, find_base_model_checkpoint, load_base_model
 
@@ -210,7 +210,7 @@ class RunFolder:
 
     def dataset(self) -> Path:
         """The dataset folder pretraining recorded in the base model's checkpoint config ("dataset": {"path": ...})."""
-        config_path = find_base_model_checkpoint(self.root) / "config.json"
+        config_path = self.base_model_checkpoint() / "config.json"
         recorded = load_json(config_path).get("dataset")
         if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
             return Path(recorded["path"])
@@ -233,13 +233,23 @@ class RunFolder:
         """The paper's post-training task of the environment the run was pretrained in."""
         return spec_of_config(self.env_config()).posttrain_task
 
-    def base_model(self, stage: str | None = None) -> BaseModel:
-        """The frozen base model that metacontroller stage `stage` acts through: the one co-trained with it
-        (STAGE/base_model/) where there is one, else the run's pretrained base model (also for `stage` None)."""
+    def base_model_checkpoint(self, stage: str | None = None) -> Path:
+        """The checkpoint folder of the base model that metacontroller stage `stage` acts through: the one
+        co-trained with it (STAGE/base_model/) where there is one, else the run's pretrained base model (also for
+        `stage` None); CheckpointError if there is none."""
         if stage is not None and self.cotrained_base_model(stage).is_dir():
-            return load_base_model(self.cotrained_base_model(stage))
-        return load_base_model(self.root)
+            return find_base_model_checkpoint(self.cotrained_base_model(stage))
+        return find_base_model_checkpoint(self.pretrain)
+
+    def base_model(self, stage: str | None = None, *, frozen: bool = True) -> BaseModel:
+        """The base model that metacontroller stage `stage` acts through (see `base_model_checkpoint`), frozen by
+        default."""
+        return load_base_model(self.base_model_checkpoint(stage), frozen=frozen)
+
+    def metacontroller_checkpoint(self, stage: str = METACONTROLLER_DIR) -> Path:
+        """The checkpoint folder of `stage`'s metacontroller (or CompILE baseline); CheckpointError if there is none."""
+        return find_metacontroller_checkpoint(self.stage(stage))
 
     def metacontroller(self, stage: str = METACONTROLLER_DIR) -> Segmenter:
         """The frozen metacontroller (or CompILE baseline) of `stage`."""
-        return load_metacontroller(self.stage(stage))
+        return load_metacontroller(self.metacontroller_checkpoint(stage))

@@ -9,7 +9,8 @@ import torch
 
 from internal_rl.analysis.code_replay import replay_codes
 from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
-from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers, steer_preset
+from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers
+from internal_rl.analysis.subgoal_controllers import steer_preset
 from internal_rl.analysis.switching import (
     _held_out_of,
     collect_traces,
@@ -25,7 +26,7 @@ from internal_rl.data.dataset import load_dataset, read_manifest
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task
-from internal_rl.metacontroller.modules import find_metacontroller_checkpoint, load_metacontroller, segmenter_key
+from internal_rl.metacontroller.modules import load_metacontroller, segmenter_key
 from internal_rl.models.controller import ControllerDecoder
 from internal_rl.pipeline.metacontroller_stage import train_metacontroller_run
 from internal_rl.pipeline.rl_stage import env_config_of_run
@@ -109,7 +110,7 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
     """Switching analysis of RUN's metacontroller on its held-out episodes; writes RUN/switching.json and
     RUN/switching_beta.png (for the default stage) and returns the report."""
     run = RunFolder(run_dir)
-    checkpoint = find_metacontroller_checkpoint(run.stage(stage_name))
+    checkpoint = run.metacontroller_checkpoint(stage_name)
     _, config, _ = load_checkpoint(checkpoint)
     held_out = _held_out_of(config, data)
     base = run.base_model(stage_name)
@@ -163,7 +164,7 @@ def replay_run(run_dir: Path, task: Task, *, stage_name: str = METACONTROLLER_DI
     if not isinstance(config, GridWorldConfig):
         raise ConfigError("code replay needs the grid world's expert (it replays the expert's layouts); "
                           f"{run.root} was pretrained in {type(config).__name__}")
-    checkpoint = find_metacontroller_checkpoint(run.stage(stage_name))
+    checkpoint = run.metacontroller_checkpoint(stage_name)
     metacontroller = load_metacontroller(checkpoint)
     # Demonstrations like the metacontroller's training data: the noiseless expert's if it trained on D*
     # (if that dataset has moved, the expert's usual ones; the result records which).

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from internal_rl.analysis.steering import SteeringConfig, heldout_action_nll
+from internal_rl.analysis.subgoal_controllers import SteeringConfig, heldout_action_nll
 from internal_rl.common.checkpoint import copy_weights, load_checkpoint
 from internal_rl.common.config import load_json, save_json
 from internal_rl.common.errors import ConfigError, check
@@ -43,9 +43,9 @@ def shipped_path(name: str) -> Path:
     return path
 
 
-def heldout_check(run_or_checkpoint: Path, env_config: Any) -> dict[str, Any]:
+def heldout_check(checkpoint: Path, env_config: Any) -> dict[str, Any]:
     """The base model's mean action NLL per step on HELDOUT_EPISODES fresh expert episodes of `env_config`."""
-    model = load_base_model(run_or_checkpoint)
+    model = load_base_model(checkpoint)
     data = generate_trajectories(spec_of_config(env_config).name, HELDOUT_EPISODES, HELDOUT_SEED, config=env_config)
     nll = heldout_action_nll(model, data, SteeringConfig(nll_episodes=HELDOUT_EPISODES))
     return {"episodes": HELDOUT_EPISODES, "seed": HELDOUT_SEED, "action_nll": nll}

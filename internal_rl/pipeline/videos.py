@@ -24,7 +24,7 @@ import gymnasium
 import numpy as np
 import torch
 
-from internal_rl.analysis.steering import controller_intervention, subgoal_codes
+from internal_rl.analysis.subgoal_controllers import controller_intervention, subgoal_codes
 from internal_rl.envs import register_envs
 from internal_rl.envs.gridworld import EMPTY
 from internal_rl.envs.pinpad import solvable

@@ -3,7 +3,7 @@
 Internal RL needs two things from the metacontroller: codes whose controllers each steer the base model
 to one subgoal, and a switch that ends a code where its subgoal is done. `SubgoalCodes` stands in for the
 metacontroller with the first made right by supervision: its decoder is the supervised controllers U_g
-(`analysis/steering.fit_subgoal_controllers`), and a code z in R^K picks the controller of its largest
+(`analysis/subgoal_controllers.fit_subgoal_controllers`), and a code z in R^K picks the controller of its largest
 entry, U(z) = U_argmax(z). The Gaussian code policy then samples a categorical choice whose probabilities
 start uniform (argmax of N(0, I)). Its switch is a metacontroller's switching unit (given `switching`), or
 none: then the internal env's `switch="subgoal"` must end codes where the true subgoal changes.
