@@ -80,3 +80,12 @@ def test_place_labels_name_the_target_cell_per_colour_or_held_per_segment():
     cell = lambda r, c: r * CONFIG.size + c  # noqa: E731
     assert place_labels(arrays, CONFIG).tolist() == [cell(0, 1)] * 2 + [cell(2, 3)] + [cell(6, 6)] * 2
     assert place_labels(arrays, CONFIG, held=True).tolist() == [cell(0, 1)] * 3 + [cell(6, 6)] * 2
+
+
+def test_too_few_segments_of_a_class_give_no_probe_rather_than_an_error():
+    rng = np.random.default_rng(1)
+    episodes = [_episode(rng, "place") for _ in range(5)]  # 15 segments: some subgoal has fewer than 5
+    content = code_content(segments_of(*map(list, zip(*episodes)), FIRST_COLOURS, CONFIG))
+    assert content["subgoal"] is None and content["segments"] == 15
+    with pytest.raises(ConfigError, match="segments"):
+        code_content(segments_of(*map(list, zip(*episodes[:2])), FIRST_COLOURS, CONFIG))

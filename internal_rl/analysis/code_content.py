@@ -102,7 +102,12 @@ def segments_of(traces: Sequence[EpisodeTrace], observations: Sequence[np.ndarra
     return Segments(**{name: np.asarray(values) for name, values in rows.items()})
 
 
-def _classify(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _classify(x: np.ndarray, y: np.ndarray) -> dict[str, float] | None:
+    """Cross-validated accuracy of a logistic regression x -> y and the majority rate; None when some class
+    has fewer examples than folds (too few segments to say)."""
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) < 2 or counts.min() < FOLDS:
+        return None
     with threadpool_limits(1):
         predicted = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=FOLDS)
     return {"accuracy": float((predicted == y).mean()), "baseline": float(np.bincount(y).max() / len(y))}

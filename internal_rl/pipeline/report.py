@@ -97,20 +97,27 @@ def _explained_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 def _code_probe_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """Do the codes name the subgoal? The linear code probe of the switching analysis, against chance."""
+    """Do the codes name the subgoal, or a place? The code read-outs of the switching analysis, against chance."""
+    places = {k: s["code_names_place"] for k, s in rows if s.get("code_names_place")}
     rows = [(k, s["code_probe"]) for k, s in rows if s.get("code_probe")]
     if not rows:
         return []
-    lines = ["| metacontroller | code -> subgoal, linear probe | majority guess | given the previous subgoal | majority guess |",
-             "|---|---|---|---|---|"]
+    lines = ["| metacontroller | code -> subgoal, linear probe | majority guess | given the previous subgoal | majority guess "
+             "| subgoal through the layout | its baseline |",
+             "|---|---|---|---|---|---|---|"]
     for key, probe in rows:
         name = METACONTROLLER_NAMES[key]
         given = probe.get("given_previous") or {}
+        place = places.get(key, {}).get("subgoal_through_layout") or {}
         lines.append(f"| {name} | {_fmt(probe['accuracy'])} | {_fmt(probe['majority'])} "
-                     f"| {_fmt(given.get('accuracy'))} | {_fmt(given.get('majority'))} |")
+                     f"| {_fmt(given.get('accuracy'))} | {_fmt(given.get('majority'))} "
+                     f"| {_fmt(place.get('accuracy'))} | {_fmt(place.get('baseline'))} |")
     return lines + ["", "Each true segment's mean code, read out by a logistic regression (5-fold cross-validation). "
                     "A probe at the majority guess means the codes do not name the subgoal (in the paper they "
-                    "cluster by subgoal): internal RL must then find, layout by layout, the codes that lead to it.", ""]
+                    "cluster by subgoal): internal RL must then find, layout by layout, the codes that lead to it. "
+                    "Through the layout (grid world): the subgoal whose first colour lies nearest the cell a linear "
+                    "read-out of the code predicts, against the subgoal nearest the agent; high there and at the "
+                    "majority by name means the codes name places (`analysis/code_content.py`).", ""]
 
 
 def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:

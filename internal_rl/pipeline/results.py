@@ -181,6 +181,10 @@ def _switching_results(key: str, report: dict[str, Any], steering: dict[str, Any
         probe = report["code_probe"]
         result["code_probe"] = {"accuracy": probe["accuracy"], "majority": probe["majority"],
                                 "given_previous": probe["given_previous"]}
+    if "code_content" in report:
+        content = report["code_content"]
+        result["code_names_place"] = {"subgoal_through_layout": content["subgoal_through_place"],
+                                      "cell_r2": content["place_r2"]}
     hook = report["metacontroller"].get("hook")
     supervised = [r["fit"]["heldout_nll_controlled"] for r in (steering or {}).get("layers", []) if r["hook"] == hook]
     if supervised and key != "switching_cotrained":  # the supervised controllers steer the pretrained model
