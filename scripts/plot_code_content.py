@@ -1,9 +1,9 @@
 """Figure: the metacontroller's codes name places, and places explain the actions better than subgoals.
 
-    .venv/bin/python scripts/plot_code_content.py --codes NAME=CODE_CONTENT.json ... \
+    .venv/bin/python scripts/plot_code_content.py --codes NAME=RUN/switching[_STAGE].json ... \
         --fits NAME=STEERING_DIAGNOSTICS.json ... --out docs/figures/code_content.png
 
-Left: for each metacontroller (`scripts/code_content.py` outputs), how often a linear read-out of a segment's
+Left: for each metacontroller (the `code_content` of `internal-rl analyse`'s switching JSON), how often a linear read-out of a segment's
 code gives its subgoal by name, and through the layout (the subgoal whose first colour lies nearest the place
 the code predicts), each beside its baseline. Right: held-out action NLL of supervised controllers indexed
 by different labels (`scripts/steering_diagnostics.py --labels ...` outputs), with the base model alone,
@@ -32,11 +32,12 @@ def _named(items: list[str]) -> list[tuple[str, dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--codes", nargs="+", required=True, help="NAME=code_content.json")
+    parser.add_argument("--codes", nargs="+", required=True, help="NAME=switching.json (from internal-rl analyse, grid world)")
     parser.add_argument("--fits", nargs="+", required=True, help="NAME=steering_diagnostics.json")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    codes, fits = _named(args.codes), _named(args.fits)
+    codes = [(name, switching["code_content"]) for name, switching in _named(args.codes)]
+    fits = _named(args.fits)
     fig = Figure(figsize=(15, 3.8))
     FigureCanvasAgg(fig)
     left, right, steer = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.4, 1, 1.2]})

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from internal_rl.analysis.code_content import colour_cells
 from internal_rl.common.errors import ConfigError, InternalRLError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import parse_task
@@ -41,9 +42,7 @@ def held_place(env: BatchedInternalEnv) -> torch.Tensor:
     """int64 [N]: the cell of the first colour of each episode's current subgoal (0 once it has ended): the
     true choice among controllers fitted on `steering_diagnostics.py --labels held-place`."""
     subgoal = env.current_subgoals().cpu().numpy()
-    layouts = env.env.layouts.reshape(len(subgoal), -1)
-    cells = (layouts == (2 * np.maximum(subgoal, 0))[:, None]).argmax(1)
-    return torch.from_numpy(np.where(subgoal >= 0, cells, 0)).to(env.device)
+    return torch.from_numpy(colour_cells(env.env.layouts, np.where(subgoal >= 0, 2 * subgoal, -1))).to(env.device)
 
 
 @torch.no_grad()

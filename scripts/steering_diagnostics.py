@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from internal_rl.analysis.code_content import place_labels
+from internal_rl.analysis.code_content import colour_cells, place_labels
 from internal_rl.analysis.steering import evaluate_controllers
 from internal_rl.analysis.subgoal_controllers import (
     SteeringConfig,
@@ -89,9 +89,7 @@ def place_of(held: bool):
 
     def label_of(env) -> np.ndarray:
         target = env.target()
-        colour = np.where(target >= 0, (target // 2) * 2 if held else target, 0)
-        flat = env.layouts.reshape(len(colour), -1)
-        return np.where(target >= 0, (flat == colour[:, None]).argmax(1), 0).astype(np.int64)
+        return colour_cells(env.layouts, np.where(target >= 0, (target // 2) * 2, -1) if held else target)
 
     return label_of
 

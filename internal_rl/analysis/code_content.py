@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
-from internal_rl.analysis.switching import EpisodeTrace, label_switches
+from internal_rl.analysis.switching import EpisodeTrace, label_switches, probe_accuracy
 from internal_rl.common.errors import ConfigError
+from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.gridworld import GridWorldConfig
+from internal_rl.envs.registry import spec_of_config
 
 FOLDS = 5
 
@@ -60,6 +62,13 @@ def grid_positions(observation: np.ndarray, config: GridWorldConfig) -> tuple[np
         if len(where):
             colours[channel] = where[0]
     return agent[0], colours
+
+
+def colour_cells(layouts: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """The flat cell index (row * size + col) of colour `colours[i]` in grid layout `layouts[i]` ([N, G, G]
+    colour codes; int [N]); 0 where a colour is negative (no target)."""
+    flat = layouts.reshape(len(colours), -1)
+    return np.where(colours >= 0, (flat == np.maximum(colours, 0)[:, None]).argmax(1), 0).astype(np.int64)
 
 
 def place_labels(arrays: dict[str, np.ndarray], config: GridWorldConfig, held: bool = False) -> np.ndarray:
@@ -103,14 +112,9 @@ def segments_of(traces: Sequence[EpisodeTrace], observations: Sequence[np.ndarra
 
 
 def _classify(x: np.ndarray, y: np.ndarray) -> dict[str, float] | None:
-    """Cross-validated accuracy of a logistic regression x -> y and the majority rate; None when some class
-    has fewer examples than folds (too few segments to say)."""
-    _, counts = np.unique(y, return_counts=True)
-    if len(counts) < 2 or counts.min() < FOLDS:
-        return None
-    with threadpool_limits(1):
-        predicted = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=FOLDS)
-    return {"accuracy": float((predicted == y).mean()), "baseline": float(np.bincount(y).max() / len(y))}
+    """`probe_accuracy` with its majority rate named as the baseline; None when too few segments to say."""
+    result = probe_accuracy(x, y, FOLDS)
+    return None if result is None else {"accuracy": result["accuracy"], "baseline": result["majority"]}
 
 
 def _regress(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -149,3 +153,15 @@ def code_content(segments: Segments) -> dict[str, Any]:
                                          "baseline": baseline},
         "subgoal_through_place": {"accuracy": float((through_place == segments.subgoal).mean()), "baseline": baseline},
     }
+
+
+def dataset_code_content(traces: Sequence[EpisodeTrace], dataset: Any) -> dict[str, Any] | None:
+    """`code_content` of `traces`, the first len(traces) episodes of grid-world `dataset` (a
+    TrajectoryDataset); None for another environment, where colours have no cells."""
+    if dataset.manifest.get("env") != "gridworld":
+        return None
+    config = env_config_from_manifest(dataset.manifest)
+    episodes = [dataset.episode(i) for i in range(len(traces))]
+    first_colours = [task[0] for task in spec_of_config(config).subgoal_tasks]
+    return code_content(segments_of(traces, [e["observations"] for e in episodes], [e["actions"] for e in episodes],
+                                    first_colours, config))

@@ -212,11 +212,11 @@ def code_probe(traces: Sequence[EpisodeTrace], folds: int = 5) -> dict[str, Any]
             labels.append(int(tr.subgoals[a]))
             previous.append(int(tr.subgoals[bounds[k - 1]]) if k else -1)
     codes, labels, previous = np.stack(codes), np.array(labels), np.array(previous)
-    overall = _probe_accuracy(codes, labels, folds)
+    overall = probe_accuracy(codes, labels, folds)
     correct = chance = counted = 0.0
     for p in np.unique(previous[previous >= 0]):
         group = previous == p
-        accuracy = _probe_accuracy(codes[group], labels[group], folds)
+        accuracy = probe_accuracy(codes[group], labels[group], folds)
         if accuracy is not None:
             n = group.sum()
             correct, chance, counted = correct + accuracy["accuracy"] * n, chance + accuracy["majority"] * n, counted + n
@@ -227,7 +227,7 @@ def code_probe(traces: Sequence[EpisodeTrace], folds: int = 5) -> dict[str, Any]
     }
 
 
-def _probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int) -> dict[str, float] | None:
+def probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int) -> dict[str, float] | None:
     """Cross-validated accuracy of a logistic regression x -> y; None when there are too few examples."""
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2 or counts.min() < folds:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from internal_rl.analysis.code_content import code_content, segments_of
+from internal_rl.analysis.code_content import dataset_code_content
 from internal_rl.analysis.code_replay import replay_codes
 from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
 from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers
@@ -26,7 +26,6 @@ from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.data.dataset import load_dataset, read_manifest
 from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.gridworld import GridWorldConfig
-from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import Task
 from internal_rl.metacontroller.modules import load_metacontroller, segmenter_key
 from internal_rl.models.controller import ControllerDecoder
@@ -120,12 +119,9 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
     traces = collect_traces(base, metacontroller, held_out, max_episodes)
     model_config = config[segmenter_key(config, checkpoint)]
     report = {"metacontroller": model_config, "step": config.get("step"), **switching_report(traces, seed=seed)}
-    if held_out.manifest.get("env") == "gridworld":  # where the codes name places instead of subgoals
-        env_config = env_config_from_manifest(held_out.manifest)
-        episodes = [held_out.episode(i) for i in range(len(traces))]
-        first_colours = [task[0] for task in spec_of_config(env_config).subgoal_tasks]
-        report["code_content"] = code_content(segments_of(
-            traces, [e["observations"] for e in episodes], [e["actions"] for e in episodes], first_colours, env_config))
+    content = dataset_code_content(traces, held_out)  # grid world: do the codes name places instead?
+    if content is not None:
+        report["code_content"] = content
     if plot:
         alpha = model_config["alpha"]
         report["plot"] = str(plot_beta_traces(traces, run.switching_plot(stage_name),
