@@ -31,7 +31,7 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
 
     text = report.read_text()
     task = "-".join(map(str, TINY.task))
-    for section in ("## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
+    for section in ("## The headline's chain", "## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
                     "## Metacontroller", f"## RL on task {task} ", "## Wall time per stage"):
         assert section in text
     assert "_no " not in text  # every stage produced its results
@@ -62,6 +62,10 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     assert "Code replay on the RL task" in text and "code -> subgoal, linear probe" in text
     assert len(results["probes"]["accuracy_by_layer"]) == 7 and "best_layer" in results["probes"]
     assert (out / "figures" / "rl_success_vs_episodes.png").is_file()
+    gates = results["gates"]  # every gate measured; the tiny run's RL task is not the post-training task
+    assert all(gates[k]["passed"] is not None for k in ("G1", "G2", "G3")) and gates["G3"]["passed"] is False
+    assert gates["G3"]["on_posttrain_task"] is (list(TINY.task) == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3])
+    assert "## The headline's chain" in text and f"The chain first stops at **{gates['first_failing']}" in text
 
     # A second call redoes nothing but the report: the pretrained weights are untouched.
     weights = out / "pretrain" / "checkpoint" / "model.safetensors"
@@ -135,7 +139,7 @@ def test_reproduce_point_pinpad_runs_every_stage_with_videos(tmp_path):
     report = reproduce("point-pinpad", out, "quick", show_progress=False, preset=POINT_TINY)
 
     text = report.read_text()
-    for section in ("## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
+    for section in ("## The headline's chain", "## Data", "## Base model", "## Linear probes", "## Supervised subgoal controllers",
                     "## Metacontroller", "## RL on task ", "## Videos", "## Wall time per stage"):
         assert section in text
     assert "_no " not in text

@@ -9,6 +9,7 @@ from typing import Any
 from internal_rl.analysis.plots import plot_curves
 from internal_rl.common.config import load_json, save_json, save_text
 from internal_rl.common.errors import ConfigError
+from internal_rl.pipeline.gates import BASELINE_CEILING, MILESTONE_RATIO, MILESTONE_RAW_CEILING
 from internal_rl.pipeline.results import METHOD_NAMES, REPLAY_ROWS, STEERING_EVALUATIONS, collect_results, method_dirs
 from internal_rl.pipeline.run_folder import RunFolder
 
@@ -138,6 +139,42 @@ def _code_replay_lines(replay: dict[str, Any] | None) -> list[str]:
                     "two rows between are policies internal RL could learn: a fixed code per decision does as well as "
                     "the demonstrations only if the codes name subgoals; the linear read-out shows how much a policy "
                     "must read from its observation.", ""]
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "passed", False: "**failed**", None: "not measured"}[passed]
+
+
+def _gate_lines(results: dict[str, Any]) -> list[str]:
+    """The headline's chain, gate by gate (`pipeline/gates.py`), and the first link that stops it."""
+    gates = results.get("gates")
+    if not gates:
+        return []
+    g1, g2, g3 = gates["G1"], gates["G2"], gates["G3"]
+    control = ", ".join(f"{name.replace('_', ' ')} {_fmt(v)} (>= {g1['thresholds'][name]})"
+                        for name, v in g1["measured"].items())
+    probe = g2["measured"]
+    codes = (f"code -> subgoal probe {_fmt(probe['code_probe'])} (>= {g2['thresholds']['code_probe']}; majority "
+             f"{_fmt(probe['majority'])}; through the layout {_fmt(probe['subgoal_through_layout'])})")
+    task = "-".join(map(str, g3.get("task") or [])) or "n/a"
+    rl = ", ".join(f"{METHOD_NAMES.get(k, k).split(' (')[0]} {_fmt(v)}" for k, v in g3["measured"].items()) or "no RL"
+    rows = [("G1", g1, f"supervised controllers at layer L/2, normalised: {control}"),
+            ("G2", g2, codes),
+            ("G3", g3, f"normalised held-out success on {task}: {rl} (internal >= {g3['thresholds']['internal']}, "
+                       f"baselines <= {BASELINE_CEILING}; {g3.get('seeds')} seeds, {g3.get('episodes')} episodes)")]
+    lines = ["## The headline's chain", "", "| gate | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {key} {gate['name']} | {text} | {_verdict(gate['passed'])} |" for key, gate, text in rows]
+    first = gates["first_failing"]
+    verdict = ("All three gates pass: the headline reproduces." if first is None else
+               f"The chain first stops at **{first} ({gates[first]['name']})**"
+               + (": this run did not measure it." if gates[first]["passed"] is None else "."))
+    if g3.get("on_posttrain_task") is False:
+        verdict += f" RL ran on {task}, not on the post-training task, so G3 cannot pass here."
+    if g3.get("milestone") is not None:
+        verdict += (f" Milestone (internal RL >= {MILESTONE_RATIO:g}x raw-action RL, raw <= {MILESTONE_RAW_CEILING} "
+                    f"normalised): {'reached' if g3['milestone'] else 'not reached'}.")
+    return lines + ["", verdict + " G2's second half, the discovered controllers held on fresh layouts, is not "
+                    "measured here. The thresholds and their grounds: `internal_rl/pipeline/gates.py`.", ""]
 
 
 def _rl_lines(run: Path, results: dict[str, Any], figures: list[str]) -> list[str]:
@@ -324,6 +361,7 @@ def write_report(run: Path) -> Path:
     figures = plot_rl_curves(folder.root)
     save_json(folder.results, results)
     lines = _opening_lines(folder, results)
+    lines += _gate_lines(results)
     lines += _rl_lines(folder.root, results, figures)
     lines += _data_lines(results)
     lines += _base_model_lines(results)

@@ -9,6 +9,8 @@ import numpy as np
 
 from internal_rl.common.config import load_json
 from internal_rl.data.dataset import MANIFEST
+from internal_rl.envs.registry import ENVS
+from internal_rl.pipeline.gates import judge_gates
 from internal_rl.pipeline.run_folder import COMPILE_DIR, COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR, RunFolder
 
 SUCCESS_TARGET = 0.9
@@ -216,6 +218,8 @@ def collect_results(run: Path) -> dict[str, Any]:
     videos = _load(folder.videos_record)
     if videos:
         results["videos"] = {name: {k: v[k] for k in ("task", "success", "length")} for name, v in videos.items()}
+    env = results.get("env") or (results.get("data") or {}).get("env")
+    results["gates"] = judge_gates(results, list(ENVS[env].posttrain_task) if env in ENVS else None)
     markers = sorted(folder.stage_markers.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)  # in the order run
     stages = {p.stem: load_json(p).get("seconds") for p in markers}
     if stages:

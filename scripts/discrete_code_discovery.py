@@ -1,0 +1,219 @@
+"""Would K discrete codes, found without labels, name subgoals? (a diagnostic for the G2 link)
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/discrete_code_discovery.py --run RUN --codes 4 --out OUT.json \\
+        [--init random|subgoal] [--save CONTROLLERS]
+
+The metacontroller's Gaussian codes name places on the grid world. This asks whether the objective itself
+prefers subgoals once a code is one of K discrete values, as the supervised controllers are: K controllers
+U_1..U_K at layer L/2 (the controller decoder fed one-hot codes, as `analysis.subgoal_controllers`) and one
+code per segment, found by hard EM on D* (RUN/data-clean) by next-action likelihood alone. The segments are
+the true ones (the subgoal changes, as `--label-switches`); the subgoal names are never read, except to score
+the result. Each round reassigns every segment to the code that best explains its actions, segment by
+segment in time order (the base model is causal, so the choice for segment j depends only on segments <= j),
+then refits the controllers on the new assignment, warm-started.
+
+`--init random` draws the first assignment at random (label-free discovery); `--init subgoal` starts from the
+true subgoals, which tests whether they are a fixed point of the objective. Writes OUT after every round:
+held-out NLL with the inferred codes, how often assignments changed, and how well the codes name the
+subgoal (majority-map accuracy and normalised mutual information) against the target's cell (NMI).
+`--save` writes the final controllers for `scripts/rl_over_subgoal_controllers.py`.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from internal_rl.analysis.code_content import place_labels
+from internal_rl.analysis.subgoal_controllers import controller_intervention, subgoal_codes
+from internal_rl.common.errors import InternalRLError
+from internal_rl.common.seeding import derive_seed
+from internal_rl.data.dataset import TrajectoryDataset, load_dataset
+from internal_rl.data.generate import env_config_from_manifest
+from internal_rl.models.controller import ControllerDecoder
+from internal_rl.models.hooks import layer_hook
+from internal_rl.pipeline.run_folder import RunFolder
+from internal_rl.pipeline.run_steps import save_controller_decoder
+
+MAX_SEGMENTS = 16
+
+
+def segment_index(subgoals: torch.Tensor) -> torch.Tensor:
+    """[B,T] index of each step's true segment within its episode (a new one wherever the subgoal changes);
+    -1 on padding (subgoal -1)."""
+    change = torch.ones_like(subgoals, dtype=torch.long)
+    change[:, 1:] = (subgoals[:, 1:] != subgoals[:, :-1]).long()
+    return torch.where(subgoals >= 0, change.cumsum(1) - 1, -1)
+
+
+def step_codes(assign: np.ndarray, ids: np.ndarray, segments: torch.Tensor) -> torch.Tensor:
+    """[B,T] code of each step from the per-episode segment assignment [N_total, MAX_SEGMENTS]; -1 on padding."""
+    table = torch.from_numpy(assign[ids])  # [B, S]
+    codes = torch.gather(table, 1, segments.clamp(0, MAX_SEGMENTS - 1))
+    return torch.where(segments >= 0, codes, -1)
+
+
+def step_nll(model, batch, hook: str, decoder: ControllerDecoder, codes: torch.Tensor) -> torch.Tensor:
+    """[B,T] -log p(a_t | o_{1:t}) with controller U_{code_t} at `hook` (0 on padding)."""
+    z = subgoal_codes(codes, decoder.n_z)
+    out = model(batch["observations"], interventions={hook: controller_intervention(decoder, z)})
+    return model.action_nll(out.action_params, batch["actions"]) * batch["mask"]
+
+
+@torch.no_grad()
+def reassign(model, dataset: TrajectoryDataset, hook: str, decoder, assign: np.ndarray, batch: int = 256) -> float:
+    """Give every segment of `dataset` the code that best explains its actions (in time order; in place);
+    returns the mean action NLL per step under the new assignment."""
+    total, steps = 0.0, 0
+    for start in range(0, dataset.num_episodes, batch):
+        local = np.arange(start, min(start + batch, dataset.num_episodes))
+        ids = dataset.episode_ids[local]
+        data = dataset.batch(local)
+        segments = segment_index(data["subgoals"])
+        codes = step_codes(assign, ids, segments)
+        for j in range(int(segments.max()) + 1):
+            inside = segments == j
+            costs = torch.stack([(step_nll(model, data, hook, decoder, torch.where(inside, k, codes)) * inside).sum(1)
+                                 for k in range(decoder.n_z)], 1)  # [B, K]
+            best = costs.argmin(1)
+            has = inside.any(1)
+            codes = torch.where(inside, best[:, None], codes)
+            assign[ids[has.numpy()], j] = best[has].numpy()
+        nll = step_nll(model, data, hook, decoder, codes)
+        total += float(nll.sum())
+        steps += int(data["mask"].sum())
+    return total / max(steps, 1)
+
+
+def fit(model, dataset: TrajectoryDataset, hook: str, decoder, opt, assign: np.ndarray, steps: int, batch: int,
+        rng: np.random.Generator) -> float:
+    """`steps` optimiser steps of the controllers on the current assignment; mean loss of the last tenth."""
+    tail = []
+    for step in range(steps):
+        local = rng.choice(dataset.num_episodes, size=min(batch, dataset.num_episodes), replace=False)
+        data = dataset.batch(local)
+        codes = step_codes(assign, dataset.episode_ids[local], segment_index(data["subgoals"]))
+        loss = step_nll(model, data, hook, decoder, codes).sum() / data["mask"].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= steps - max(1, steps // 10):
+            tail.append(loss.item())
+    return float(np.mean(tail)) if tail else float("nan")
+
+
+def segment_table(dataset: TrajectoryDataset, assign: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code, subgoal, other label) of every segment of `dataset`, the label read at the segment's first step."""
+    codes, subgoals, others = [], [], []
+    starts, lengths = dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]
+    flat_subgoals = dataset.arrays["subgoals"]
+    for i in dataset.episode_ids:
+        s = flat_subgoals[starts[i]: starts[i] + lengths[i]]
+        first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]] & (s >= 0))
+        for j, t in enumerate(first[:MAX_SEGMENTS]):
+            codes.append(assign[i, j])
+            subgoals.append(s[t])
+            others.append(labels[starts[i] + t])
+    return np.array(codes), np.array(subgoals), np.array(others)
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information I(a;b) / sqrt(H(a) H(b)) of two label arrays (0 when either is constant)."""
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(joint, (ai, bi), 1)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
+    ha, hb = float(-(pa * np.log(pa)).sum()), float(-(pb * np.log(pb)).sum())
+    return mi / np.sqrt(ha * hb) if ha > 0 and hb > 0 else 0.0
+
+
+def naming(codes: np.ndarray, subgoals: np.ndarray, places: np.ndarray) -> dict:
+    """How the codes name subgoals: majority-map accuracy (each code read as its most frequent subgoal), NMI
+    with the subgoal and with the held place, and the segment count of each code."""
+    majority = sum(np.bincount(subgoals[codes == k]).max() for k in np.unique(codes))
+    return {"subgoal_accuracy": float(majority / len(codes)),
+            "subgoal_majority_rate": float(np.bincount(subgoals).max() / len(subgoals)),
+            "nmi_subgoal": nmi(codes, subgoals), "nmi_held_place": nmi(codes, places),
+            "code_counts": np.bincount(codes, minlength=int(codes.max()) + 1).tolist()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--codes", type=int, default=4, help="number of discrete codes K")
+    parser.add_argument("--init", choices=["random", "subgoal"], default="random")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--first-steps", type=int, default=300, help="fitting steps before the first reassignment")
+    parser.add_argument("--steps", type=int, default=100, help="fitting steps after each reassignment")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--train-episodes", type=int, default=4000, help="training episodes reassigned each round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="write the final controllers to this checkpoint folder")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        run = RunFolder(args.run)
+        model = run.base_model()
+        hook = layer_hook(model.n_layers // 2, model.n_layers)
+        dataset = load_dataset(run.clean_data)
+        env_config = env_config_from_manifest(load_dataset(run.data).manifest)
+        train, held_out = dataset.split(0.2, 0)  # the steering fits' split (holdout 0.2, seed 0)
+        train = train.subset(np.arange(min(args.train_episodes, train.num_episodes)))
+        held_out = held_out.subset(np.arange(min(1000, held_out.num_episodes)))
+        places = place_labels(dataset.arrays, env_config, held=True)
+        rng = np.random.default_rng(derive_seed(args.seed, "discrete-codes"))
+        n_total = dataset.arrays["episode_starts"].shape[0]
+        if args.init == "random":
+            assign = rng.integers(0, args.codes, size=(n_total, MAX_SEGMENTS))
+        else:
+            assign = np.zeros((n_total, MAX_SEGMENTS), dtype=np.int64)
+            for i in range(n_total):  # segment j's true subgoal, folded into K codes
+                s = dataset.arrays["subgoals"][dataset.arrays["episode_starts"][i]:][:dataset.arrays["episode_lengths"][i]]
+                firsts = s[np.flatnonzero(np.r_[True, s[1:] != s[:-1]] & (s >= 0))][:MAX_SEGMENTS]
+                assign[i, :len(firsts)] = firsts % args.codes
+        torch.manual_seed(derive_seed(args.seed, "discrete-decoder"))
+        decoder = ControllerDecoder(args.codes, int(model.d_model), 16, 32)
+        opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=0.03)
+        out = {"run": str(args.run), "hook": hook, "codes": args.codes, "init": args.init, "seed": args.seed,
+               "train_episodes": train.num_episodes, "held_out_episodes": held_out.num_episodes,
+               "first_steps": args.first_steps, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+               "rounds": []}
+        start = time.perf_counter()
+        for r in range(args.rounds + 1):
+            steps = args.first_steps if r == 0 else args.steps
+            before = assign.copy()
+            if r > 0:
+                train_nll = reassign(model, train, hook, decoder, assign)
+            loss = fit(model, train, hook, decoder, opt, assign, steps, args.batch_size, rng)
+            held_nll = reassign(model, held_out, hook, decoder, assign)
+            changed = segment_table(train, before, places)[0] != segment_table(train, assign, places)[0]
+            row = {"round": r, "fit_loss": loss, "heldout_nll": held_nll,
+                   "train_nll_after_reassign": train_nll if r > 0 else None,
+                   "changed": float(changed.mean()) if r > 0 else None,
+                   "held_out": naming(*segment_table(held_out, assign, places)),
+                   "train": naming(*segment_table(train, assign, places)),
+                   "seconds": time.perf_counter() - start}
+            out["rounds"].append(row)
+            args.out.write_text(json.dumps(out, indent=1))
+            h = row["held_out"]
+            print(f"round {r}: held-out NLL {held_nll:.4f}, changed {row['changed']}, subgoal accuracy "
+                  f"{h['subgoal_accuracy']:.3f} (majority {h['subgoal_majority_rate']:.3f}), NMI subgoal "
+                  f"{h['nmi_subgoal']:.3f}, NMI held place {h['nmi_held_place']:.3f}, counts {h['code_counts']}, "
+                  f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
+        if args.save is not None:
+            save_controller_decoder(args.save, decoder.eval().requires_grad_(False))
+    except InternalRLError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
