@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from internal_rl.analysis.code_content import place_labels
+from internal_rl.analysis.code_content import dataset_code_content, place_labels
+from internal_rl.analysis.switching import EpisodeTrace
 from internal_rl.analysis.subgoal_controllers import controller_intervention, subgoal_codes
 from internal_rl.common.errors import InternalRLError
 from internal_rl.common.seeding import derive_seed
@@ -37,7 +38,7 @@ from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.models.controller import ControllerDecoder
 from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_folder import RunFolder
-from internal_rl.pipeline.run_steps import save_controller_decoder
+from internal_rl.pipeline.run_steps import load_controller_decoder, save_controller_decoder
 
 MAX_SEGMENTS = 16
 
@@ -121,6 +122,19 @@ def segment_table(dataset: TrajectoryDataset, assign: np.ndarray, labels: np.nda
     return np.array(codes), np.array(subgoals), np.array(others)
 
 
+def content(dataset: TrajectoryDataset, assign: np.ndarray, n_codes: int) -> dict:
+    """`analysis.code_content` read-outs of the one-hot codes of `dataset`'s segments: what they name if not
+    subgoals (first action, the target's displacement or place, the subgoal through the layout)."""
+    traces = []
+    for local, i in enumerate(dataset.episode_ids):
+        episode = dataset.episode(local)
+        codes = step_codes(assign, np.array([i]), segment_index(torch.from_numpy(episode["subgoals"][None].astype(np.int64))))[0]
+        z = np.eye(n_codes, dtype=np.float32)[codes.numpy()]
+        traces.append(EpisodeTrace(beta=np.zeros(len(z)), z=z, nll=np.zeros(len(z)), subgoals=episode["subgoals"],
+                                   targets=episode["targets"]))
+    return dataset_code_content(traces, dataset)
+
+
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
     """Normalised mutual information I(a;b) / sqrt(H(a) H(b)) of two label arrays (0 when either is constant)."""
     _, ai = np.unique(a, return_inverse=True)
@@ -158,6 +172,8 @@ def main() -> None:
     parser.add_argument("--train-episodes", type=int, default=4000, help="training episodes reassigned each round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="write the final controllers to this checkpoint folder")
+    parser.add_argument("--load", type=Path,
+                        help="start from these controllers (from --save); with --rounds 0 --first-steps 0 it only reads them")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
@@ -181,7 +197,8 @@ def main() -> None:
                 firsts = s[np.flatnonzero(np.r_[True, s[1:] != s[:-1]] & (s >= 0))][:MAX_SEGMENTS]
                 assign[i, :len(firsts)] = firsts % args.codes
         torch.manual_seed(derive_seed(args.seed, "discrete-decoder"))
-        decoder = ControllerDecoder(args.codes, int(model.d_model), 16, 32)
+        decoder = (ControllerDecoder(args.codes, int(model.d_model), 16, 32) if args.load is None
+                   else load_controller_decoder(args.load).requires_grad_(True))
         opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=0.03)
         out = {"run": str(args.run), "hook": hook, "codes": args.codes, "init": args.init, "seed": args.seed,
                "train_episodes": train.num_episodes, "held_out_episodes": held_out.num_episodes,
@@ -201,6 +218,7 @@ def main() -> None:
                    "changed": float(changed.mean()) if r > 0 else None,
                    "held_out": naming(*segment_table(held_out, assign, places)),
                    "train": naming(*segment_table(train, assign, places)),
+                   "content": content(held_out, assign, args.codes),
                    "seconds": time.perf_counter() - start}
             out["rounds"].append(row)
             args.out.write_text(json.dumps(out, indent=1))
@@ -208,7 +226,7 @@ def main() -> None:
             print(f"round {r}: held-out NLL {held_nll:.4f}, changed {row['changed']}, subgoal accuracy "
                   f"{h['subgoal_accuracy']:.3f} (majority {h['subgoal_majority_rate']:.3f}), NMI subgoal "
                   f"{h['nmi_subgoal']:.3f}, NMI held place {h['nmi_held_place']:.3f}, counts {h['code_counts']}, "
-                  f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
+                  f"{row['seconds']:.0f} s; content {json.dumps(row['content'])}", file=sys.stderr, flush=True)
         if args.save is not None:
             save_controller_decoder(args.save, decoder.eval().requires_grad_(False))
     except InternalRLError as err:
