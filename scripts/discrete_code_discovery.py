@@ -12,8 +12,10 @@ the result. Each round reassigns every segment to the code that best explains it
 segment in time order (the base model is causal, so the choice for segment j depends only on segments <= j),
 then refits the controllers on the new assignment, warm-started.
 
-`--init random` draws the first assignment at random (label-free discovery); `--init subgoal` starts from the
-true subgoals, which tests whether they are a fixed point of the objective. Writes OUT after every round:
+`--init random` draws the first assignment at random (label-free discovery); `--init residual` clusters the
+segments' mean residual at layer L/2 into K groups by k-means (label-free, and a start near the subgoals if
+the base model's residual is organised by them); `--init subgoal` starts from the true subgoals, which tests
+whether they are a fixed point of the objective. Writes OUT after every round:
 held-out NLL with the inferred codes, how often assignments changed, and how well the codes name the
 subgoal (majority-map accuracy and normalised mutual information) against the target's cell (NMI).
 `--save` writes the final controllers for `scripts/rl_over_subgoal_controllers.py`.
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from internal_rl.analysis.code_content import dataset_code_content, place_labels
 from internal_rl.analysis.switching import EpisodeTrace
@@ -88,6 +92,31 @@ def reassign(model, dataset: TrajectoryDataset, hook: str, decoder, assign: np.n
         total += float(nll.sum())
         steps += int(data["mask"].sum())
     return total / max(steps, 1)
+
+
+@torch.no_grad()
+def residual_clusters(model, dataset: TrajectoryDataset, hook: str, assign: np.ndarray, n_codes: int, seed: int,
+                      batch: int = 256) -> None:
+    """Assign every segment of `dataset` (in place) to one of `n_codes` k-means clusters of its mean residual at
+    `hook`, standardised per dimension."""
+    means, where = [], []
+    for start in range(0, dataset.num_episodes, batch):
+        local = np.arange(start, min(start + batch, dataset.num_episodes))
+        data = dataset.batch(local)
+        residual = model(data["observations"], cache_hooks=[hook]).cache[hook].float()  # [B,T,d]
+        segments = segment_index(data["subgoals"])
+        for j in range(min(int(segments.max()) + 1, MAX_SEGMENTS)):
+            inside = (segments == j).float()
+            count = inside.sum(1)
+            has = count > 0
+            means.append(((residual * inside[..., None]).sum(1) / count.clamp(min=1)[:, None])[has].numpy())
+            where.extend((int(i), j) for i in dataset.episode_ids[local[has.numpy()]])
+    x = np.concatenate(means)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    with threadpool_limits(1):
+        clusters = KMeans(n_clusters=n_codes, n_init=10, random_state=seed).fit_predict(x)
+    for (i, j), k in zip(where, clusters):
+        assign[i, j] = k
 
 
 def fit(model, dataset: TrajectoryDataset, hook: str, decoder, opt, assign: np.ndarray, steps: int, batch: int,
@@ -163,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--codes", type=int, default=4, help="number of discrete codes K")
-    parser.add_argument("--init", choices=["random", "subgoal"], default="random")
+    parser.add_argument("--init", choices=["random", "residual", "subgoal"], default="random")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--first-steps", type=int, default=300, help="fitting steps before the first reassignment")
     parser.add_argument("--steps", type=int, default=100, help="fitting steps after each reassignment")
@@ -188,8 +217,10 @@ def main() -> None:
         places = place_labels(dataset.arrays, env_config, held=True)
         rng = np.random.default_rng(derive_seed(args.seed, "discrete-codes"))
         n_total = dataset.arrays["episode_starts"].shape[0]
-        if args.init == "random":
+        if args.init in ("random", "residual"):
             assign = rng.integers(0, args.codes, size=(n_total, MAX_SEGMENTS))
+            if args.init == "residual":
+                residual_clusters(model, train, hook, assign, args.codes, args.seed)
         else:
             assign = np.zeros((n_total, MAX_SEGMENTS), dtype=np.int64)
             for i in range(n_total):  # segment j's true subgoal, folded into K codes

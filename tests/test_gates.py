@@ -12,7 +12,9 @@ def passing_results() -> dict:
                 for name, value in (("single", 0.9), ("override", 0.85), ("chained_post_training", 0.6))}
     methods = {name: {"normalised_success": value, "task": TASK, "seeds": 3, "episodes": 1000}
                for name, value in (("internal", 0.95), ("raw", 0.0), ("no-switch", 0.05))}
-    switching = {"code_probe": {"accuracy": 0.95, "majority": 0.26}}
+    switching = {"code_probe": {"accuracy": 0.95, "majority": 0.26},
+                 "discovered_steering": {"single": {"relative_to_supervised": 0.9},
+                                         "override": {"relative_to_supervised": 1.1}}}
     return {"steering": steering, "methods": methods, "switching": switching}
 
 
@@ -42,6 +44,17 @@ def test_an_unmeasured_gate_stops_the_chain_as_not_measured():
     results = passing_results()
     del results["methods"]["no-switch"]
     assert judge_gates(results, TASK)["G3"]["passed"] is None
+
+
+def test_codes_name_subgoals_needs_the_probe_and_the_discovered_controllers():
+    results = passing_results()
+    results["switching"]["discovered_steering"]["override"]["relative_to_supervised"] = 0.79
+    assert judge_gates(results, TASK)["G2"]["passed"] is False
+    del results["switching"]["discovered_steering"]
+    gates = judge_gates(results, TASK)  # a good probe alone: the second half not measured
+    assert gates["G2"]["passed"] is None and gates["first_failing"] == "G2"
+    results["switching"]["code_probe"]["accuracy"] = 0.5  # a failed half fails the gate, measured or not
+    assert judge_gates(results, TASK)["G2"]["passed"] is False
 
 
 def test_rl_on_another_task_cannot_pass_the_headline():

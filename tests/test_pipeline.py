@@ -58,6 +58,11 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     assert f"| chained, task {task} |" in text  # the steering stage chains its controllers on the RL task
     assert 0.0 <= results["switching"]["code_probe"]["accuracy"] <= 1.0
     assert 0 <= results["switching"]["active_code_dimensions"] <= results["switching"]["code_dimensions"]
+    discovered = results["switching"]["discovered_steering"]  # G2's second half, on the supervised ones' layouts
+    for name in ("single", "override", "chained_post_training", "chained_pretraining"):
+        assert discovered[name]["expert_success"] == steering[name]["expert_success"]
+        assert discovered[name]["supervised_success"] == steering[name]["success"]
+    assert "discovered controllers held" in text and "not measured here" not in text
     assert 0.0 <= results["code_replay"]["demonstration"]["success"] <= 1.0
     assert "Code replay on the RL task" in text and "code -> subgoal, linear probe" in text
     assert len(results["probes"]["accuracy_by_layer"]) == 7 and "best_layer" in results["probes"]

@@ -9,6 +9,7 @@ import torch
 from internal_rl.analysis.plots import align_runs, plot_curves, plot_layers, summarize
 from internal_rl.analysis.steering import (
     evaluate_controllers,
+    evaluate_discovered_controllers,
     hook_layer,
     plot_steering_results,
     resolve_layers,
@@ -109,6 +110,23 @@ def test_rollouts_are_seeded_and_bounded(dataset):
         assert row["success"] + row["wrong_colour"] + row["timeout"] == pytest.approx(1.0)
     assert result["override"]["tasks"] == ["0-1-2-3", "2-3-4-5", "4-5-6-7", "6-7-0-1"]
     assert 0.0 <= result["override"]["conditional"] <= 1.0
+
+
+def test_discovered_controllers_that_are_the_one_hots_evaluate_as_the_supervised_ones(dataset):
+    model = _model(n_layers=2)
+    hook = "blocks.0.hook_resid_post"
+    decoder, _ = fit_subgoal_controllers(model, dataset, hook, TINY, show_progress=False)
+    supervised = evaluate_controllers(model, GridWorldConfig(), TINY, decoder=decoder, hook=hook)
+    order = [2, 0, 3, 1]  # centre k is the one-hot of subgoal order[k]: subgoal g's centre is order.index(g)
+    discovered = evaluate_discovered_controllers(
+        model, GridWorldConfig(), TINY, decoder=decoder, hook=hook, codes=np.eye(4)[order].tolist(),
+        controller_of_subgoal=[order.index(g) for g in range(4)])
+    for key in ("single", "override", "chained_posttrain", "chained_pretrain"):
+        assert discovered[key] == supervised[key]
+    # Subgoals no centre stands for (-1, or beyond the list) get the code 0, on the same layouts.
+    wrong = evaluate_discovered_controllers(model, GridWorldConfig(), TINY, decoder=decoder, hook=hook,
+                                            codes=[[0.0, 0.0, 0.0, 0.0]], controller_of_subgoal=[-1, -1])
+    assert wrong["single"]["expert_success"] == supervised["single"]["expert_success"]  # the same layouts
 
 
 def test_near_zero_temperature_samples_the_greedy_actions():

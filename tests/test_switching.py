@@ -93,6 +93,8 @@ def test_discovered_controllers_are_the_planted_segment_codes():
     assert sorted(found["subgoal"]) == [0, 1, 2, 3] and sum(found["segments"]) == 60
     for code, subgoal in zip(found["codes"], found["subgoal"]):
         assert np.allclose(code, planted[subgoal], atol=0.2)
+    for subgoal, centre in enumerate(found["controller_of_subgoal"]):
+        assert found["subgoal"][centre] == subgoal
 
 
 def test_code_probe_reads_planted_subgoal_codes_and_not_noise():

@@ -25,6 +25,10 @@ Every evaluation also rolls the env's scripted expert (the grid world's noiseles
 layouts and tasks: `expert_success` is that ceiling, since some layouts cannot be solved, and
 `normalised_success` is success / expert_success. Failures are split into `wrong_colour` (the episode
 ended on a colour that was not its target) and `timeout`.
+
+`evaluate_discovered_controllers` runs the same evaluations with the metacontroller's discovered
+controllers (k-means centres of its segment codes) in place of the supervised ones: the second half of
+the G2 gate, whether a discovered code, held, takes the model to a subgoal as a supervised controller does.
 """
 
 import functools
@@ -198,6 +202,44 @@ def evaluate_controllers(
         "chained_posttrain": _rollout_summary(post, post_expert, spec.colours_per_subgoal),
         "chained_pretrain": _rollout_summary(pre, pre_expert, spec.colours_per_subgoal),
     }
+
+
+class CodeTable(torch.nn.Module):
+    """A controller decoder over K fixed codes: one-hot k [..., K] -> `decoder`(codes[k]); an all-zero input
+    gives `decoder`(0). Lets a metacontroller's codes stand where the supervised controllers' one-hots do."""
+
+    def __init__(self, decoder: torch.nn.Module, codes: Tensor):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("codes", torch.as_tensor(codes, dtype=torch.float32))
+        self.n_z = int(self.codes.shape[0])
+
+    def forward(self, onehot: Tensor):
+        return self.decoder(onehot @ self.codes)
+
+
+def evaluate_discovered_controllers(
+    model: torch.nn.Module,
+    env_config,
+    config: SteeringConfig,
+    *,
+    decoder: torch.nn.Module,
+    hook: str,
+    codes: Sequence[Sequence[float]],
+    controller_of_subgoal: Sequence[int],
+    posttrain_task: Task | None = None,
+) -> dict[str, dict]:
+    """`evaluate_controllers` (same seeds, hence the same layouts as the supervised controllers under the same
+    `config`) with the discovered controller `codes[controller_of_subgoal[g]]` of the metacontroller's
+    `decoder` standing for subgoal g; a subgoal no controller stands for (-1) gets the code 0."""
+    spec = spec_of_config(env_config)
+    colour_to_subgoal = _colour_to_subgoal(spec, env_config.n_colours)
+    lookup = np.asarray(controller_of_subgoal, dtype=np.int64)
+    if len(lookup) < config.n_subgoals:  # subgoals no segment showed
+        lookup = np.concatenate([lookup, np.full(config.n_subgoals - len(lookup), -1, dtype=np.int64)])
+    table = CodeTable(decoder, torch.as_tensor(np.asarray(codes, dtype=np.float32)))
+    return evaluate_controllers(model, env_config, config, decoder=table, hook=hook, posttrain_task=posttrain_task,
+                                label_of=lambda env: lookup[colour_to_subgoal[env.target()]])
 
 
 @functools.lru_cache(maxsize=16)

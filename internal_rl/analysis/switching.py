@@ -189,7 +189,9 @@ def code_dimensions(traces: Sequence[EpisodeTrace], threshold: float = THRESHOLD
 
 def discovered_controllers(traces: Sequence[EpisodeTrace], k: int, seed: int = 0) -> dict[str, list]:
     """The metacontroller's k discovered controllers: k-means centres of its segment codes (those the NMI
-    scores), each with its number of segments and their majority subgoal. JSON-ready lists."""
+    scores), each with its number of segments and their majority subgoal, and for each subgoal the
+    controller holding most of its segments ("controller_of_subgoal"; -1 for a subgoal no segment shows):
+    the labels only name the controllers, for the evaluation. JSON-ready lists."""
     seg_z, seg_labels = segment_codes(traces)
     k = min(k, len(seg_z))
     with threadpool_limits(1):
@@ -199,6 +201,8 @@ def discovered_controllers(traces: Sequence[EpisodeTrace], k: int, seed: int = 0
         "codes": km.cluster_centers_.tolist(),
         "segments": [int(m.sum()) for m in members],
         "subgoal": [int(np.bincount(seg_labels[m]).argmax()) for m in members],
+        "controller_of_subgoal": [int(np.argmax([(seg_labels[m] == g).sum() for m in members])) if (seg_labels == g).any()
+                                  else -1 for g in range(int(seg_labels.max()) + 1)],
     }
 
 

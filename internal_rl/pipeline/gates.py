@@ -13,8 +13,12 @@ from typing import Any
 
 # G1: supervised controllers at the controlled layer, success / expert's success on the same layouts.
 CONTROL_THRESHOLDS = {"single": 0.8, "override": 0.8, "chained_post_training": 0.5}
-# G2: a linear probe from each true segment's code to its subgoal.
+# G2: a linear probe from each true segment's code to its subgoal, and the discovered controllers (k-means
+# centres of the segment codes) held on fresh layouts, single and across unseen transitions, against the
+# supervised controllers' success on the same layouts.
 CODE_PROBE_THRESHOLD = 0.9
+# Relative figures only mean something where the supervised controllers steer, i.e. once G1 passes.
+DISCOVERED_THRESHOLDS = {"single": 0.8, "override": 0.8}
 # G3: internal RL's normalised held-out success, and the ceiling for the baselines at the same budget.
 HEADLINE_THRESHOLD = 0.9
 BASELINE_CEILING = 0.1
@@ -34,13 +38,20 @@ def _control_gate(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _code_gate(results: dict[str, Any]) -> dict[str, Any]:
-    probe = (results.get("switching") or {}).get("code_probe") or {}
-    place = ((results.get("switching") or {}).get("code_names_place") or {}).get("subgoal_through_layout") or {}
+    switching = results.get("switching") or {}
+    probe = switching.get("code_probe") or {}
+    place = (switching.get("code_names_place") or {}).get("subgoal_through_layout") or {}
+    discovered = switching.get("discovered_steering") or {}
+    relative = {f"discovered_{name}": (discovered.get(name) or {}).get("relative_to_supervised")
+                for name in DISCOVERED_THRESHOLDS}
     measured = {"code_probe": probe.get("accuracy"), "majority": probe.get("majority"),
-                "subgoal_through_layout": place.get("accuracy")}
-    accuracy = measured["code_probe"]
-    return {"measured": measured, "thresholds": {"code_probe": CODE_PROBE_THRESHOLD},
-            "passed": None if accuracy is None else accuracy >= CODE_PROBE_THRESHOLD}
+                "subgoal_through_layout": place.get("accuracy"), **relative}
+    thresholds = {"code_probe": CODE_PROBE_THRESHOLD, **{f"discovered_{k}": t for k, t in DISCOVERED_THRESHOLDS.items()}}
+    checks = [measured[k] is not None and measured[k] >= t for k, t in thresholds.items()]
+    measured_all = all(measured[k] is not None for k in thresholds)
+    passed = all(checks) if measured_all else (False if any(
+        measured[k] is not None and measured[k] < t for k, t in thresholds.items()) else None)
+    return {"measured": measured, "thresholds": thresholds, "passed": passed}
 
 
 def _headline_gate(results: dict[str, Any], posttrain_task: list[int] | None) -> dict[str, Any]:

@@ -156,6 +156,11 @@ def _gate_lines(results: dict[str, Any]) -> list[str]:
     probe = g2["measured"]
     codes = (f"code -> subgoal probe {_fmt(probe['code_probe'])} (>= {g2['thresholds']['code_probe']}; majority "
              f"{_fmt(probe['majority'])}; through the layout {_fmt(probe['subgoal_through_layout'])})")
+    discovered_measured = bool((results.get("switching") or {}).get("discovered_steering"))
+    if discovered_measured:
+        codes += "; discovered controllers held, success relative to the supervised ones: " + ", ".join(
+            f"{name} {_fmt(probe[f'discovered_{name}'])} (>= {g2['thresholds'][f'discovered_{name}']})"
+            for name in ("single", "override"))
     task = "-".join(map(str, g3.get("task") or [])) or "n/a"
     rl = ", ".join(f"{METHOD_NAMES.get(k, k).split(' (')[0]} {_fmt(v)}" for k, v in g3["measured"].items()) or "no RL"
     rows = [("G1", g1, f"supervised controllers at layer L/2, normalised: {control}"),
@@ -173,8 +178,9 @@ def _gate_lines(results: dict[str, Any]) -> list[str]:
     if g3.get("milestone") is not None:
         verdict += (f" Milestone (internal RL >= {MILESTONE_RATIO:g}x raw-action RL, raw <= {MILESTONE_RAW_CEILING} "
                     f"normalised): {'reached' if g3['milestone'] else 'not reached'}.")
-    return lines + ["", verdict + " G2's second half, the discovered controllers held on fresh layouts, is not "
-                    "measured here. The thresholds and their grounds: `internal_rl/pipeline/gates.py`.", ""]
+    if not discovered_measured:
+        verdict += " G2's second half, the discovered controllers held on fresh layouts, is not measured here."
+    return lines + ["", verdict + " The thresholds and their grounds: `internal_rl/pipeline/gates.py`.", ""]
 
 
 def _rl_lines(run: Path, results: dict[str, Any], figures: list[str]) -> list[str]:
@@ -322,7 +328,25 @@ def _metacontroller_lines(run: RunFolder, results: dict[str, Any]) -> list[str]:
     lines += _explained_lines(rows)
     lines += _code_probe_lines(rows)
     lines += _code_replay_lines(results.get("code_replay"))
+    lines += _discovered_steering_lines((results.get("switching") or {}).get("discovered_steering"),
+                                        results.get("steering") or {})
     return lines + _image(run.root, run.switching_plot().name, "beta traces with true subgoal switches")
+
+
+def _discovered_steering_lines(discovered: dict[str, Any] | None, steering: dict[str, Any]) -> list[str]:
+    """The discovered controllers (k-means centres of the segment codes) held as the supervised ones are,
+    beside the supervised controllers and the uncontrolled model on the same layouts."""
+    if not discovered:
+        return []
+    lines = ["The metacontroller's discovered controllers (k-means centres of its segment codes; each subgoal gets "
+             "the centre holding most of its segments) held as the supervised controllers are, on the same "
+             "layouts:", "",
+             "| evaluation | success | expert | normalised | supervised controllers | relative to supervised "
+             "| uncontrolled |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(v['success'])} | {_fmt(v['expert_success'])} | {_fmt(v['normalised_success'])} "
+              f"| {_fmt(v['supervised_success'])} | {_fmt(v['relative_to_supervised'], 2)} "
+              f"| {_fmt((steering.get(name) or {}).get('uncontrolled'))} |" for name, v in discovered.items()]
+    return lines + [""]
 
 
 def _video_lines(results: dict[str, Any]) -> list[str]:

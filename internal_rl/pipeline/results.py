@@ -187,6 +187,10 @@ def _switching_results(key: str, report: dict[str, Any], steering: dict[str, Any
         content = report["code_content"]
         result["code_names_place"] = {"subgoal_through_layout": content["subgoal_through_place"],
                                       "cell_r2": content["place_r2"]}
+    if "discovered_steering" in report:  # the discovered controllers held, as the supervised ones are
+        keys = ("success", "expert_success", "normalised_success", "supervised_success", "relative_to_supervised")
+        result["discovered_steering"] = {name: {k: report["discovered_steering"][key][k] for k in keys}
+                                         for name, key in STEERING_EVALUATIONS.items()}
     hook = report["metacontroller"].get("hook")
     supervised = [r["fit"]["heldout_nll_controlled"] for r in (steering or {}).get("layers", []) if r["hook"] == hook]
     if supervised and key != "switching_cotrained":  # the supervised controllers steer the pretrained model

@@ -10,8 +10,13 @@ import torch
 from internal_rl.analysis.code_content import dataset_code_content
 from internal_rl.analysis.code_replay import replay_codes
 from internal_rl.analysis.probes import plot_probe_results, probe_layers, probe_preset
-from internal_rl.analysis.steering import plot_steering_results, resolve_layers, steer_layers
-from internal_rl.analysis.subgoal_controllers import steer_preset
+from internal_rl.analysis.steering import (
+    evaluate_discovered_controllers,
+    plot_steering_results,
+    resolve_layers,
+    steer_layers,
+)
+from internal_rl.analysis.subgoal_controllers import SteeringConfig, steer_preset
 from internal_rl.analysis.switching import (
     _held_out_of,
     collect_traces,
@@ -107,9 +112,12 @@ def load_controller_decoder(path: Path) -> Any:
 
 
 def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Path | None = None,
-                max_episodes: int = 1000, seed: int = 0, plot: bool = True) -> dict[str, Any]:
+                max_episodes: int = 1000, seed: int = 0, plot: bool = True,
+                steer_discovered: bool | None = None) -> dict[str, Any]:
     """Switching analysis of RUN's metacontroller on its held-out episodes; writes RUN/switching.json and
-    RUN/switching_beta.png (for the default stage) and returns the report."""
+    RUN/switching_beta.png (for the default stage) and returns the report. `steer_discovered` (default: for
+    the default stage, when RUN's supervised controllers were evaluated at the metacontroller's hook) adds
+    "discovered_steering": its discovered controllers rolled out as the supervised ones were."""
     run = RunFolder(run_dir)
     checkpoint = run.metacontroller_checkpoint(stage_name)
     _, config, _ = load_checkpoint(checkpoint)
@@ -122,6 +130,11 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
     content = dataset_code_content(traces, held_out)  # grid world: do the codes name places instead?
     if content is not None:
         report["code_content"] = content
+    steering = load_json(run.steering) if run.steering.is_file() else None
+    if steer_discovered is None:
+        steer_discovered = stage_name == METACONTROLLER_DIR and steering is not None
+    if steer_discovered:
+        report["discovered_steering"] = _steer_discovered(run, base, metacontroller, report["controllers"], steering)
     if plot:
         alpha = model_config["alpha"]
         report["plot"] = str(plot_beta_traces(traces, run.switching_plot(stage_name),
@@ -129,6 +142,27 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
     report["json"] = str(run.switching(stage_name))
     save_json(Path(report["json"]), report)
     return report
+
+
+def _steer_discovered(run: RunFolder, base: Any, metacontroller: Any, controllers: dict[str, Any],
+                      steering: dict[str, Any] | None) -> dict[str, Any]:
+    """`evaluate_discovered_controllers` under the supervised controllers' evaluation settings (steering.json),
+    hence on their layouts, with each evaluation's success relative to theirs at the same hook."""
+    hook = metacontroller.config.hook
+    rows = [r for r in (steering or {}).get("layers", []) if r["hook"] == hook]
+    if not rows:
+        raise ConfigError(f"{run.root}: no supervised controllers evaluated at the metacontroller's hook {hook} "
+                          f"(run `internal-rl steer --run {run.root}` first)")
+    config = SteeringConfig(**steering["config"])
+    result = evaluate_discovered_controllers(
+        base, run.env_config(), config, decoder=metacontroller.controller_decoder, hook=hook,
+        codes=controllers["codes"], controller_of_subgoal=controllers["controller_of_subgoal"],
+        posttrain_task=tuple(steering["posttrain_task"]))
+    for name, evaluation in result.items():
+        supervised = rows[0][name]["success"]
+        evaluation["supervised_success"] = supervised
+        evaluation["relative_to_supervised"] = evaluation["success"] / supervised if supervised > 0 else None
+    return {"hook": hook, "controller_of_subgoal": controllers["controller_of_subgoal"], **result}
 
 
 def alpha_sweep(run_dir: Path, alphas: Sequence[float], *, preset_name: str = "quick", data: Path | None = None,
@@ -144,7 +178,8 @@ def alpha_sweep(run_dir: Path, alphas: Sequence[float], *, preset_name: str = "q
         stage_name = run.alpha_sweep_stage(alpha)
         train_metacontroller_run(run.root, preset_name=preset_name, data=data, alpha=alpha, steps=steps, seed=seed,
                                  resume=True, stage_name=stage_name, show_progress=show_progress, device=device)
-        report = analyse_run(run.root, stage_name=stage_name, data=data, max_episodes=max_episodes, plot=False)
+        report = analyse_run(run.root, stage_name=stage_name, data=data, max_episodes=max_episodes, plot=False,
+                             steer_discovered=False)
         rows.append({
             "alpha": alpha,
             "action_nll": report["action_nll"],
