@@ -16,6 +16,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _pairs(items: list[str]) -> list[tuple[str, str]]:
@@ -58,6 +59,8 @@ def main() -> None:
                title="what 4 discrete codes explain")
     name_ax.set(xlabel="EM round", ylabel="codes -> subgoal, majority-map accuracy", ylim=(0, 1),
                 title="do they name subgoals?")
+    for ax in (nll_ax, name_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     nll_ax.legend(fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
