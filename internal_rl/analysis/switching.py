@@ -196,13 +196,13 @@ def discovered_controllers(traces: Sequence[EpisodeTrace], k: int, seed: int = 0
     k = min(k, len(seg_z))
     with threadpool_limits(1):
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(seg_z)
-    members = [km.labels_ == c for c in range(k)]
+    counts = np.stack([np.bincount(seg_labels[km.labels_ == c], minlength=int(seg_labels.max()) + 1)
+                       for c in range(k)])  # [controller, subgoal] segments
     return {
         "codes": km.cluster_centers_.tolist(),
-        "segments": [int(m.sum()) for m in members],
-        "subgoal": [int(np.bincount(seg_labels[m]).argmax()) for m in members],
-        "controller_of_subgoal": [int(np.argmax([(seg_labels[m] == g).sum() for m in members])) if (seg_labels == g).any()
-                                  else -1 for g in range(int(seg_labels.max()) + 1)],
+        "segments": counts.sum(1).tolist(),
+        "subgoal": counts.argmax(1).tolist(),
+        "controller_of_subgoal": np.where(counts.sum(0) > 0, counts.argmax(0), -1).tolist(),
     }
 
 

@@ -47,10 +47,8 @@ def _code_gate(results: dict[str, Any]) -> dict[str, Any]:
     measured = {"code_probe": probe.get("accuracy"), "majority": probe.get("majority"),
                 "subgoal_through_layout": place.get("accuracy"), **relative}
     thresholds = {"code_probe": CODE_PROBE_THRESHOLD, **{f"discovered_{k}": t for k, t in DISCOVERED_THRESHOLDS.items()}}
-    checks = [measured[k] is not None and measured[k] >= t for k, t in thresholds.items()]
-    measured_all = all(measured[k] is not None for k in thresholds)
-    passed = all(checks) if measured_all else (False if any(
-        measured[k] is not None and measured[k] < t for k, t in thresholds.items()) else None)
+    failed = any(measured[k] is not None and measured[k] < t for k, t in thresholds.items())
+    passed = False if failed else (True if all(measured[k] is not None for k in thresholds) else None)
     return {"measured": measured, "thresholds": thresholds, "passed": passed}
 
 

@@ -132,7 +132,7 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
         report["code_content"] = content
     steering = load_json(run.steering) if run.steering.is_file() else None
     if steer_discovered is None:
-        steer_discovered = stage_name == METACONTROLLER_DIR and steering is not None
+        steer_discovered = stage_name == METACONTROLLER_DIR and _supervised_row(steering, metacontroller) is not None
     if steer_discovered:
         report["discovered_steering"] = _steer_discovered(run, base, metacontroller, report["controllers"], steering)
     if plot:
@@ -144,13 +144,19 @@ def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Pa
     return report
 
 
+def _supervised_row(steering: dict[str, Any] | None, metacontroller: Any) -> dict[str, Any] | None:
+    """steering.json's supervised controllers at the metacontroller's hook, if they were evaluated there."""
+    rows = [r for r in (steering or {}).get("layers", []) if r["hook"] == metacontroller.config.hook]
+    return rows[0] if rows else None
+
+
 def _steer_discovered(run: RunFolder, base: Any, metacontroller: Any, controllers: dict[str, Any],
                       steering: dict[str, Any] | None) -> dict[str, Any]:
     """`evaluate_discovered_controllers` under the supervised controllers' evaluation settings (steering.json),
     hence on their layouts, with each evaluation's success relative to theirs at the same hook."""
     hook = metacontroller.config.hook
-    rows = [r for r in (steering or {}).get("layers", []) if r["hook"] == hook]
-    if not rows:
+    supervised_row = _supervised_row(steering, metacontroller)
+    if supervised_row is None:
         raise ConfigError(f"{run.root}: no supervised controllers evaluated at the metacontroller's hook {hook} "
                           f"(run `internal-rl steer --run {run.root}` first)")
     config = SteeringConfig(**steering["config"])
@@ -159,7 +165,7 @@ def _steer_discovered(run: RunFolder, base: Any, metacontroller: Any, controller
         codes=controllers["codes"], controller_of_subgoal=controllers["controller_of_subgoal"],
         posttrain_task=tuple(steering["posttrain_task"]))
     for name, evaluation in result.items():
-        supervised = rows[0][name]["success"]
+        supervised = supervised_row[name]["success"]
         evaluation["supervised_success"] = supervised
         evaluation["relative_to_supervised"] = evaluation["success"] / supervised if supervised > 0 else None
     return {"hook": hook, "controller_of_subgoal": controllers["controller_of_subgoal"], **result}
