@@ -7,14 +7,16 @@ The metacontroller's Gaussian codes name places on the grid world. This asks whe
 prefers subgoals once a code is one of K discrete values, as the supervised controllers are: K controllers
 U_1..U_K at layer L/2 (the controller decoder fed one-hot codes, as `analysis.subgoal_controllers`) and one
 code per segment, found by hard EM on D* (RUN/data-clean) by next-action likelihood alone. The segments are
-the true ones (the subgoal changes, as `--label-switches`); the subgoal names are never read, except to score
-the result. Each round reassigns every segment to the code that best explains its actions, segment by
+the true ones (the subgoal changes, as `--label-switches`), or with `--segments hmm --hmm SWITCH` those of a
+label-free HMM over the residual (scripts/fit_hmm_switch.py: a new segment wherever its filtered state
+changes); the subgoal names are never read, except to score the result. Each round reassigns every segment to the code that best explains its actions, segment by
 segment in time order (the base model is causal, so the choice for segment j depends only on segments <= j),
 then refits the controllers on the new assignment, warm-started.
 
 `--init random` draws the first assignment at random (label-free discovery); `--init residual` clusters the
 segments' mean residual at layer L/2 into K groups by k-means (label-free, and a start near the subgoals if
-the base model's residual is organised by them); `--init subgoal` starts from the true subgoals, which tests
+the base model's residual is organised by them; `--lookahead` clusters [the segment's mean ; the next
+segment's mean], for segments that end before their subgoal shows in the residual); `--init subgoal` starts from the true subgoals, which tests
 whether they are a fixed point of the objective. Writes OUT after every round:
 held-out NLL with the inferred codes, how often assignments changed, and how well the codes name the
 subgoal (majority-map accuracy and normalised mutual information) against the target's cell (NMI).
@@ -35,7 +37,7 @@ from threadpoolctl import threadpool_limits
 from internal_rl.analysis.code_content import dataset_code_content, place_labels
 from internal_rl.analysis.switching import EpisodeTrace
 from internal_rl.analysis.subgoal_controllers import controller_intervention, subgoal_codes
-from internal_rl.common.errors import InternalRLError
+from internal_rl.common.errors import ConfigError, InternalRLError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.data.generate import env_config_from_manifest
@@ -43,6 +45,7 @@ from internal_rl.models.controller import ControllerDecoder
 from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.pipeline.run_steps import load_controller_decoder, save_controller_decoder
+from internal_rl.rl.hmm_switch import HMMSwitch, load_hmm_switch
 
 MAX_SEGMENTS = 16
 
@@ -53,6 +56,40 @@ def segment_index(subgoals: torch.Tensor) -> torch.Tensor:
     change = torch.ones_like(subgoals, dtype=torch.long)
     change[:, 1:] = (subgoals[:, 1:] != subgoals[:, :-1]).long()
     return torch.where(subgoals >= 0, change.cumsum(1) - 1, -1)
+
+
+def flat_segments(dataset: TrajectoryDataset) -> np.ndarray:
+    """Int [N_steps] over the stored flat arrays: each step's true segment within its episode (-1 on no subgoal)."""
+    subgoals = dataset.arrays["subgoals"].astype(np.int64)
+    segments = np.full(len(subgoals), -1, dtype=np.int64)
+    for start, length in zip(dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]):
+        segments[start:start + length] = segment_index(torch.from_numpy(subgoals[start:start + length])[None])[0].numpy()
+    return segments
+
+
+@torch.no_grad()
+def hmm_segments(model, dataset: TrajectoryDataset, hook: str, switch: HMMSwitch, batch: int = 256) -> np.ndarray:
+    """Int [N_steps] over the stored flat arrays: for `dataset`'s episodes, a new segment wherever the HMM's
+    filtered state changes (-1 elsewhere); never reads a label."""
+    segments = np.full(len(dataset.arrays["subgoals"]), -1, dtype=np.int64)
+    starts, lengths = dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]
+    for start in range(0, dataset.num_episodes, batch):
+        local = np.arange(start, min(start + batch, dataset.num_episodes))
+        data = dataset.batch(local)
+        beta, _ = switch.filter(model(data["observations"], cache_hooks=[hook]).cache[hook].float())
+        index = (beta > 0.5).long().cumsum(1) - 1
+        for b, i in enumerate(dataset.episode_ids[local]):
+            segments[starts[i]:starts[i] + lengths[i]] = index[b, :lengths[i]].numpy()
+    return segments
+
+
+def batch_segments(dataset: TrajectoryDataset, local: np.ndarray, segments: np.ndarray) -> torch.Tensor:
+    """[B,T] segment index of episodes `local` of `dataset` (as `dataset.batch(local)` pads them), -1 on padding."""
+    ids = dataset.episode_ids[local]
+    starts, lengths = dataset.arrays["episode_starts"][ids], dataset.arrays["episode_lengths"][ids]
+    t = np.arange(int(lengths.max()))
+    out = segments[starts[:, None] + np.minimum(t[None, :], lengths[:, None] - 1)]
+    return torch.from_numpy(np.where(t[None, :] < lengths[:, None], out, -1))
 
 
 def step_codes(assign: np.ndarray, ids: np.ndarray, segments: torch.Tensor) -> torch.Tensor:
@@ -70,7 +107,8 @@ def step_nll(model, batch, hook: str, decoder: ControllerDecoder, codes: torch.T
 
 
 @torch.no_grad()
-def reassign(model, dataset: TrajectoryDataset, hook: str, decoder, assign: np.ndarray, batch: int = 256) -> float:
+def reassign(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: str, decoder, assign: np.ndarray,
+             batch: int = 256) -> float:
     """Give every segment of `dataset` the code that best explains its actions (in time order; in place);
     returns the mean action NLL per step under the new assignment."""
     total, steps = 0.0, 0
@@ -78,10 +116,10 @@ def reassign(model, dataset: TrajectoryDataset, hook: str, decoder, assign: np.n
         local = np.arange(start, min(start + batch, dataset.num_episodes))
         ids = dataset.episode_ids[local]
         data = dataset.batch(local)
-        segments = segment_index(data["subgoals"])
+        segments = batch_segments(dataset, local, segment_ids)
         codes = step_codes(assign, ids, segments)
-        for j in range(int(segments.max()) + 1):
-            inside = segments == j
+        for j in range(min(int(segments.max()) + 1, MAX_SEGMENTS)):
+            inside = (segments == j) if j < MAX_SEGMENTS - 1 else (segments >= j)
             costs = torch.stack([(step_nll(model, data, hook, decoder, torch.where(inside, k, codes)) * inside).sum(1)
                                  for k in range(decoder.n_z)], 1)  # [B, K]
             best = costs.argmin(1)
@@ -95,21 +133,28 @@ def reassign(model, dataset: TrajectoryDataset, hook: str, decoder, assign: np.n
 
 
 @torch.no_grad()
-def residual_clusters(model, dataset: TrajectoryDataset, hook: str, assign: np.ndarray, n_codes: int, seed: int,
-                      batch: int = 256) -> None:
+def residual_clusters(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: str, assign: np.ndarray,
+                      n_codes: int, seed: int, lookahead: bool = False, batch: int = 256) -> None:
     """Assign every segment of `dataset` (in place) to one of `n_codes` k-means clusters of its mean residual at
-    `hook`, standardised per dimension."""
+    `hook` (with `lookahead`, followed by the next segment's; the episode's last segment repeats its own),
+    standardised per dimension."""
     means, where = [], []
     for start in range(0, dataset.num_episodes, batch):
         local = np.arange(start, min(start + batch, dataset.num_episodes))
         data = dataset.batch(local)
         residual = model(data["observations"], cache_hooks=[hook]).cache[hook].float()  # [B,T,d]
-        segments = segment_index(data["subgoals"])
-        for j in range(min(int(segments.max()) + 1, MAX_SEGMENTS)):
-            inside = (segments == j).float()
-            count = inside.sum(1)
-            has = count > 0
-            means.append(((residual * inside[..., None]).sum(1) / count.clamp(min=1)[:, None])[has].numpy())
+        segments = batch_segments(dataset, local, segment_ids)
+        n_seg = min(int(segments.max()) + 1, MAX_SEGMENTS)
+        inside = torch.stack([segments == j for j in range(n_seg)], 1).float()  # [B,S,T]
+        count = inside.sum(2)
+        mean = inside @ residual / count.clamp(min=1)[..., None]  # [B,S,d]
+        if lookahead:
+            later = torch.cat([mean[:, 1:], mean[:, -1:]], 1)
+            later = torch.where(count.roll(-1, 1)[..., None] > 0, later, mean)
+            mean = torch.cat([mean, later], -1)
+        for j in range(n_seg):
+            has = count[:, j] > 0
+            means.append(mean[has, j].numpy())
             where.extend((int(i), j) for i in dataset.episode_ids[local[has.numpy()]])
     x = np.concatenate(means)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
@@ -119,14 +164,14 @@ def residual_clusters(model, dataset: TrajectoryDataset, hook: str, assign: np.n
         assign[i, j] = k
 
 
-def fit(model, dataset: TrajectoryDataset, hook: str, decoder, opt, assign: np.ndarray, steps: int, batch: int,
-        rng: np.random.Generator) -> float:
+def fit(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: str, decoder, opt, assign: np.ndarray,
+        steps: int, batch: int, rng: np.random.Generator) -> float:
     """`steps` optimiser steps of the controllers on the current assignment; mean loss of the last tenth."""
     tail = []
     for step in range(steps):
         local = rng.choice(dataset.num_episodes, size=min(batch, dataset.num_episodes), replace=False)
         data = dataset.batch(local)
-        codes = step_codes(assign, dataset.episode_ids[local], segment_index(data["subgoals"]))
+        codes = step_codes(assign, dataset.episode_ids[local], batch_segments(dataset, local, segment_ids))
         loss = step_nll(model, data, hook, decoder, codes).sum() / data["mask"].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,28 +181,32 @@ def fit(model, dataset: TrajectoryDataset, hook: str, decoder, opt, assign: np.n
     return float(np.mean(tail)) if tail else float("nan")
 
 
-def segment_table(dataset: TrajectoryDataset, assign: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(code, subgoal, other label) of every segment of `dataset`, the label read at the segment's first step."""
+def segment_table(dataset: TrajectoryDataset, segment_ids: np.ndarray, assign: np.ndarray,
+                  labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code, subgoal, other label) of every segment of `dataset`: its most frequent subgoal (the true one, for
+    true segments), and `labels` read at its first step."""
     codes, subgoals, others = [], [], []
     starts, lengths = dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]
     flat_subgoals = dataset.arrays["subgoals"]
     for i in dataset.episode_ids:
-        s = flat_subgoals[starts[i]: starts[i] + lengths[i]]
-        first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]] & (s >= 0))
-        for j, t in enumerate(first[:MAX_SEGMENTS]):
+        s, seg = flat_subgoals[starts[i]: starts[i] + lengths[i]], segment_ids[starts[i]: starts[i] + lengths[i]]
+        for j in range(min(int(seg.max()) + 1, MAX_SEGMENTS)):
+            inside = (seg == j) & (s >= 0)
+            if not inside.any():
+                continue
             codes.append(assign[i, j])
-            subgoals.append(s[t])
-            others.append(labels[starts[i] + t])
+            subgoals.append(np.bincount(s[inside]).argmax())
+            others.append(labels[starts[i] + np.flatnonzero(inside)[0]])
     return np.array(codes), np.array(subgoals), np.array(others)
 
 
-def content(dataset: TrajectoryDataset, assign: np.ndarray, n_codes: int) -> dict:
+def content(dataset: TrajectoryDataset, segment_ids: np.ndarray, assign: np.ndarray, n_codes: int) -> dict:
     """`analysis.code_content` read-outs of the one-hot codes of `dataset`'s segments: what they name if not
     subgoals (first action, the target's displacement or place, the subgoal through the layout)."""
     traces = []
     for local, i in enumerate(dataset.episode_ids):
         episode = dataset.episode(local)
-        codes = step_codes(assign, np.array([i]), segment_index(torch.from_numpy(episode["subgoals"][None].astype(np.int64))))[0]
+        codes = step_codes(assign, np.array([i]), batch_segments(dataset, np.array([local]), segment_ids))[0]
         z = np.eye(n_codes, dtype=np.float32)[codes.numpy()]
         traces.append(EpisodeTrace(beta=np.zeros(len(z)), z=z, nll=np.zeros(len(z)), subgoals=episode["subgoals"],
                                    targets=episode["targets"]))
@@ -193,6 +242,11 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--codes", type=int, default=4, help="number of discrete codes K")
     parser.add_argument("--init", choices=["random", "residual", "subgoal"], default="random")
+    parser.add_argument("--segments", choices=["true", "hmm"], default="true",
+                        help="true: where the subgoal changes; hmm: where the --hmm switch's filtered state changes")
+    parser.add_argument("--hmm", type=Path, help="HMM switch checkpoint (scripts/fit_hmm_switch.py) for --segments hmm")
+    parser.add_argument("--lookahead", action="store_true",
+                        help="--init residual: cluster each segment's mean residual followed by the next segment's")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--first-steps", type=int, default=300, help="fitting steps before the first reassignment")
     parser.add_argument("--steps", type=int, default=100, help="fitting steps after each reassignment")
@@ -215,12 +269,19 @@ def main() -> None:
         train = train.subset(np.arange(min(args.train_episodes, train.num_episodes)))
         held_out = held_out.subset(np.arange(min(1000, held_out.num_episodes)))
         places = place_labels(dataset.arrays, env_config, held=True)
+        if args.segments == "hmm":
+            if args.hmm is None or args.init == "subgoal":
+                raise ConfigError("--segments hmm needs --hmm, and a label-free --init (random or residual)")
+            switch = load_hmm_switch(args.hmm)
+            segment_ids = np.maximum(hmm_segments(model, train, hook, switch), hmm_segments(model, held_out, hook, switch))
+        else:
+            segment_ids = flat_segments(dataset)
         rng = np.random.default_rng(derive_seed(args.seed, "discrete-codes"))
         n_total = dataset.arrays["episode_starts"].shape[0]
         if args.init in ("random", "residual"):
             assign = rng.integers(0, args.codes, size=(n_total, MAX_SEGMENTS))
             if args.init == "residual":
-                residual_clusters(model, train, hook, assign, args.codes, args.seed)
+                residual_clusters(model, train, segment_ids, hook, assign, args.codes, args.seed, args.lookahead)
         else:
             assign = np.zeros((n_total, MAX_SEGMENTS), dtype=np.int64)
             for i in range(n_total):  # segment j's true subgoal, folded into K codes
@@ -232,6 +293,7 @@ def main() -> None:
                    else load_controller_decoder(args.load).requires_grad_(True))
         opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=0.03)
         out = {"run": str(args.run), "hook": hook, "codes": args.codes, "init": args.init, "seed": args.seed,
+               "segments": args.segments, "hmm": str(args.hmm) if args.hmm else None, "lookahead": args.lookahead,
                "train_episodes": train.num_episodes, "held_out_episodes": held_out.num_episodes,
                "first_steps": args.first_steps, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                "rounds": []}
@@ -240,16 +302,16 @@ def main() -> None:
             steps = args.first_steps if r == 0 else args.steps
             before = assign.copy()
             if r > 0:
-                train_nll = reassign(model, train, hook, decoder, assign)
-            loss = fit(model, train, hook, decoder, opt, assign, steps, args.batch_size, rng)
-            held_nll = reassign(model, held_out, hook, decoder, assign)
-            changed = segment_table(train, before, places)[0] != segment_table(train, assign, places)[0]
+                train_nll = reassign(model, train, segment_ids, hook, decoder, assign)
+            loss = fit(model, train, segment_ids, hook, decoder, opt, assign, steps, args.batch_size, rng)
+            held_nll = reassign(model, held_out, segment_ids, hook, decoder, assign)
+            changed = segment_table(train, segment_ids, before, places)[0] != segment_table(train, segment_ids, assign, places)[0]
             row = {"round": r, "fit_loss": loss, "heldout_nll": held_nll,
                    "train_nll_after_reassign": train_nll if r > 0 else None,
                    "changed": float(changed.mean()) if r > 0 else None,
-                   "held_out": naming(*segment_table(held_out, assign, places)),
-                   "train": naming(*segment_table(train, assign, places)),
-                   "content": content(held_out, assign, args.codes),
+                   "held_out": naming(*segment_table(held_out, segment_ids, assign, places)),
+                   "train": naming(*segment_table(train, segment_ids, assign, places)),
+                   "content": content(held_out, segment_ids, assign, args.codes),
                    "seconds": time.perf_counter() - start}
             out["rounds"].append(row)
             args.out.write_text(json.dumps(out, indent=1))

@@ -8,8 +8,10 @@
 Internal RL as `internal-rl rl --method internal` runs it (same PPO, code policy and budget accounting), with
 the metacontroller's decoder replaced by supervised subgoal controllers: a code picks one of them
 (`rl/subgoal_codes.SubgoalCodes`). Codes end where the true subgoal changes (`--switch subgoal`) or where
-RUN's metacontroller's switching unit fires (`--switch learned`). Beside each run it measures the ceiling
-of this setting: the same env with the true subgoal's controller picked at every decision. `--codes
+RUN's metacontroller's switching unit fires (`--switch learned`), or where the most probable state of a
+label-free HMM over the residual changes (`--switch hmm --hmm SWITCH`, from scripts/fit_hmm_switch.py).
+Beside each run it measures the ceiling of this setting: the same env with the true subgoal's controller
+picked at every decision (not for `--labels none`: codes found without labels have no true choice). `--codes
 metacontroller` runs the method itself (RUN's metacontroller, its codes and decoder) under the same switch
 choice, which completes the 2 x 2 of codes x switch. Writes OUT after every seed (a rerun skips the seeds
 OUT holds) and prints one line per seed.
@@ -31,6 +33,7 @@ from internal_rl.envs.tasks import parse_task
 from internal_rl.models.hooks import controlled_hook
 from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.pipeline.run_steps import load_controller_decoder
+from internal_rl.rl.hmm_switch import load_hmm_switch
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.ppo import PPOConfig
 from internal_rl.rl.subgoal_codes import SubgoalCodes
@@ -70,11 +73,13 @@ def main() -> None:
                         help="controller checkpoint folder (scripts/steering_diagnostics.py --save)")
     parser.add_argument("--codes", choices=["supervised", "metacontroller"], default="supervised",
                         help="supervised: a code picks one of --controllers; metacontroller: RUN's metacontroller")
-    parser.add_argument("--labels", choices=["subgoal", "held-place"], default="subgoal",
-                        help="what --controllers are indexed by (for the true-choice ceiling): subgoals, or the cell "
-                             "of a subgoal's first colour (steering_diagnostics.py --labels held-place)")
+    parser.add_argument("--labels", choices=["subgoal", "held-place", "none"], default="subgoal",
+                        help="what --controllers are indexed by (for the true-choice ceiling): subgoals, the cell "
+                             "of a subgoal's first colour (steering_diagnostics.py --labels held-place), or nothing "
+                             "(codes found without labels: no ceiling)")
     parser.add_argument("--task", default="0-1-2-3", help="post-training task, e.g. 0-1-2-3-4-5")
-    parser.add_argument("--switch", choices=["subgoal", "learned"], default="subgoal")
+    parser.add_argument("--switch", choices=["subgoal", "learned", "hmm"], default="subgoal")
+    parser.add_argument("--hmm", type=Path, help="HMM switch checkpoint (scripts/fit_hmm_switch.py) for --switch hmm")
     parser.add_argument("--episodes", type=int, default=32_768, help="training episodes per seed")
     parser.add_argument("--batch-size", type=int, default=256, help="episodes per PPO update")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -90,21 +95,25 @@ def main() -> None:
         else:
             if args.controllers is None:
                 raise ConfigError("--codes supervised needs --controllers")
-            switching = run.metacontroller() if args.switch == "learned" else None
+            if args.switch == "hmm" and args.hmm is None:
+                raise ConfigError("--switch hmm needs --hmm")
+            switching = (run.metacontroller() if args.switch == "learned" else
+                         load_hmm_switch(args.hmm) if args.switch == "hmm" else None)
             hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
             codes = SubgoalCodes(load_controller_decoder(args.controllers), hook, switching)
+        env_switch = "learned" if args.switch == "hmm" else args.switch
         env_config = env_config_of_run(args.run, base_model, parse_task(args.task))
         config = RLConfig(
             ppo=PPOConfig(episodes_per_batch=args.batch_size, epochs=4, lr=args.lr), total_episodes=args.episodes,
-            policy_width=64, policy_heads=4, eval_episodes=args.eval_episodes, switch=args.switch,
+            policy_width=64, policy_heads=4, eval_episodes=args.eval_episodes, switch=env_switch,
         )
         results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        results.update(task=args.task, switch=args.switch, codes=args.codes, controllers=str(args.controllers),
+        results.update(task=args.task, switch=args.switch, hmm=str(args.hmm) if args.hmm else None, codes=args.codes, controllers=str(args.controllers),
                        labels=args.labels)
         results.setdefault("seeds", {})
-        if args.codes == "supervised" and "true_choice_success" not in results:
+        if args.codes == "supervised" and args.labels != "none" and "true_choice_success" not in results:
             results["true_choice_success"] = true_choice_success(
-                base_model, codes, env_config, args.switch, args.eval_episodes, derive_seed(0, "true-choice"), args.labels)
+                base_model, codes, env_config, env_switch, args.eval_episodes, derive_seed(0, "true-choice"), args.labels)
             print(f"true subgoal's controller at every decision: {results['true_choice_success']:.3f}", file=sys.stderr)
         for seed in range(args.seeds):
             if str(seed) in results["seeds"]:

@@ -5,8 +5,9 @@ to one subgoal, and a switch that ends a code where its subgoal is done. `Subgoa
 metacontroller with the first made right by supervision: its decoder is the supervised controllers U_g
 (`analysis/subgoal_controllers.fit_subgoal_controllers`), and a code z in R^K picks the controller of its largest
 entry, U(z) = U_argmax(z). The Gaussian code policy then samples a categorical choice whose probabilities
-start uniform (argmax of N(0, I)). Its switch is a metacontroller's switching unit (given `switching`), or
-none: then the internal env's `switch="subgoal"` must end codes where the true subgoal changes.
+start uniform (argmax of N(0, I)). Its switch is a metacontroller's switching unit or an HMM over the
+residual (`rl/hmm_switch.HMMSwitch`) given as `switching`, or none: then the internal env's
+`switch="subgoal"` must end codes where the true subgoal changes.
 
 What it measures: if RL over these codes learns a composition and RL over the metacontroller's codes does
 not, the RL half works and the codes are what fails; RL's success here is bounded by how well the
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from internal_rl.common.errors import check
 from internal_rl.metacontroller.modules import Metacontroller
 from internal_rl.models.controller import ControllerDecoder, ControllerParams
+from internal_rl.rl.hmm_switch import HMMSwitch
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class SubgoalCodesConfig:
 class SubgoalCodes(nn.Module):
     """A frozen segmenter whose code z [.., K] selects the supervised controller U_argmax(z) at `hook`."""
 
-    def __init__(self, decoder: ControllerDecoder, hook: str, switching: Metacontroller | None = None):
+    def __init__(self, decoder: ControllerDecoder, hook: str, switching: Metacontroller | HMMSwitch | None = None):
         super().__init__()
         if switching is not None:
             check(switching.config.d_model == decoder.d_model,
@@ -56,10 +58,12 @@ class SubgoalCodes(nn.Module):
         return self.decoder.body[0].weight.new_zeros(batch_size, 1)
 
     def switch_step(self, e_t: Tensor, state: Tensor, z_prev: Tensor) -> tuple[Tensor, Tensor]:
-        """beta from the switching metacontroller, fed a zero previous code (its own codes are not these);
-        0 without one (the env's subgoal switch decides)."""
+        """beta from the switching metacontroller, fed a zero previous code (its own codes are not these), or
+        from the HMM; 0 without either (the env's subgoal switch decides)."""
         if self.switching is None:
             return e_t.new_zeros(e_t.shape[0]), state
+        if isinstance(self.switching, HMMSwitch):
+            return self.switching.switch_step(e_t, state)
         z0 = e_t.new_zeros(e_t.shape[0], self.switching.config.n_z)
         return self.switching.switch_step(e_t, state, z0)
 
