@@ -66,6 +66,18 @@ def true_choice_success(base_model, codes: SubgoalCodes, env_config, switch: str
     return float(env.successes.float().mean())
 
 
+def controller_codes(run: RunFolder, base_model, controllers: Path | None, switch: str, hmm: Path | None) -> SubgoalCodes:
+    """Codes that pick one of the `controllers`, ended by RUN's metacontroller's switching unit (`switch`
+    learned), the `hmm` switch (hmm) or the env's true subgoal changes (subgoal)."""
+    if controllers is None:
+        raise ConfigError("--codes supervised needs --controllers")
+    if switch == "hmm" and hmm is None:
+        raise ConfigError("--switch hmm needs --hmm")
+    switching = run.metacontroller() if switch == "learned" else load_hmm_switch(hmm) if switch == "hmm" else None
+    hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
+    return SubgoalCodes(load_controller_decoder(controllers), hook, switching)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="run folder with pretrain/ (and metacontroller/)")
@@ -93,14 +105,7 @@ def main() -> None:
         if args.codes == "metacontroller":
             codes = run.metacontroller()
         else:
-            if args.controllers is None:
-                raise ConfigError("--codes supervised needs --controllers")
-            if args.switch == "hmm" and args.hmm is None:
-                raise ConfigError("--switch hmm needs --hmm")
-            switching = (run.metacontroller() if args.switch == "learned" else
-                         load_hmm_switch(args.hmm) if args.switch == "hmm" else None)
-            hook = switching.config.hook if switching is not None and switching.config.hook else controlled_hook(base_model.n_layers)
-            codes = SubgoalCodes(load_controller_decoder(args.controllers), hook, switching)
+            codes = controller_codes(run, base_model, args.controllers, args.switch, args.hmm)
         env_switch = "learned" if args.switch == "hmm" else args.switch
         env_config = env_config_of_run(args.run, base_model, parse_task(args.task))
         config = RLConfig(
