@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from hmmlearn.hmm import GaussianHMM
+from sklearn.decomposition import PCA
 from torch import Tensor, nn
 
 from internal_rl.common.checkpoint import load_checkpoint, save_checkpoint
@@ -97,9 +99,6 @@ def fit_hmm_switch(residual: np.ndarray, lengths: np.ndarray, hook: str, n_state
     """Fit the HMM to per-step residuals [N, d_model] of episodes of `lengths` (in order): standardise,
     project on `n_components` principal components, then Baum-Welch on the means and variances with the
     transitions held at `stay` on the diagonal (a prior for long segments) and a uniform start."""
-    from hmmlearn.hmm import GaussianHMM
-    from sklearn.decomposition import PCA
-
     check(residual.ndim == 2 and len(residual) == int(np.sum(lengths)),
           f"residual {residual.shape} does not hold {int(np.sum(lengths))} steps")
     check(1 < n_states and 0 < stay < 1, f"need n_states > 1 and 0 < stay < 1 (got {n_states}, {stay})")
