@@ -70,14 +70,14 @@ def flat_segments(dataset: TrajectoryDataset) -> np.ndarray:
 @torch.no_grad()
 def hmm_segments(model, dataset: TrajectoryDataset, hook: str, switch: HMMSwitch, batch: int = 256) -> np.ndarray:
     """Int [N_steps] over the stored flat arrays: for `dataset`'s episodes, a new segment wherever the HMM's
-    filtered state changes (-1 elsewhere); never reads a label."""
+    filtered state changes, up to MAX_SEGMENTS (-1 elsewhere); never reads a label."""
     segments = np.full(len(dataset.arrays["subgoals"]), -1, dtype=np.int64)
     starts, lengths = dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]
     for start in range(0, dataset.num_episodes, batch):
         local = np.arange(start, min(start + batch, dataset.num_episodes))
         data = dataset.batch(local)
         beta, _ = switch.filter(model(data["observations"], cache_hooks=[hook]).cache[hook].float())
-        index = (beta > 0.5).long().cumsum(1) - 1
+        index = ((beta > 0.5).long().cumsum(1) - 1).clamp(max=MAX_SEGMENTS - 1)  # later segments share the last code
         for b, i in enumerate(dataset.episode_ids[local]):
             segments[starts[i]:starts[i] + lengths[i]] = index[b, :lengths[i]].numpy()
     return segments
@@ -119,7 +119,7 @@ def reassign(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: s
         segments = batch_segments(dataset, local, segment_ids)
         codes = step_codes(assign, ids, segments)
         for j in range(min(int(segments.max()) + 1, MAX_SEGMENTS)):
-            inside = (segments == j) if j < MAX_SEGMENTS - 1 else (segments >= j)
+            inside = segments == j
             costs = torch.stack([(step_nll(model, data, hook, decoder, torch.where(inside, k, codes)) * inside).sum(1)
                                  for k in range(decoder.n_z)], 1)  # [B, K]
             best = costs.argmin(1)

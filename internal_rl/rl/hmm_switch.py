@@ -33,8 +33,6 @@ class HMMSwitchConfig:
     n_states: int
     n_components: int
     hook: str
-    force_switch: bool = False  # read by the internal env, as from a metacontroller's config
-    label_switches: bool = False
 
 
 class HMMSwitch(nn.Module):

@@ -44,7 +44,8 @@ class SubgoalCodes(nn.Module):
         if switching is not None:
             check(switching.config.d_model == decoder.d_model,
                   f"the switching unit reads d_model={switching.config.d_model}; the controllers d_model={decoder.d_model}")
-            check(not switching.config.force_switch and not switching.config.label_switches,
+            check(isinstance(switching, HMMSwitch)
+                  or not (switching.config.force_switch or switching.config.label_switches),
                   "the switching metacontroller must have a learned switching unit")
         self.config = SubgoalCodesConfig(d_model=decoder.d_model, n_z=decoder.n_z, hook=hook)
         self.decoder = decoder
