@@ -16,7 +16,10 @@ heading for:
 - timeout: no colour at all within the horizon.
 
 For the override tasks h-g the first class is split once h is done: the habitual successors of h (the
-pairs that follow h in some pretraining task) against any other pair. Prints one table and writes OUT.
+pairs that follow h in some pretraining task) against any other pair. On the post-training task,
+"reached" gives the fraction of episodes that complete at least k subgoals, k = 1, 2, ...: where along
+the composition the chain breaks. `--gain` scales the controllers (on every step, or only on the first
+`--gain-steps` steps after each switch). Prints one table and writes OUT.
 """
 
 import argparse
@@ -39,15 +42,16 @@ from internal_rl.analysis.subgoal_controllers import (
 )
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
-from internal_rl.models.controller import ControllerDecoder
+from internal_rl.models.controller import ControllerDecoder, ControllerParams
 from internal_rl.common.config import replace
 from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.data.generate import env_config_from_manifest
+from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
 from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_folder import RunFolder
-from internal_rl.pipeline.run_steps import load_steering_decoder, save_controller_decoder
+from internal_rl.pipeline.run_steps import load_controller_decoder, load_steering_decoder, save_controller_decoder
 
 LABELS = ("subgoal", "shared", "colour", "place", "held-place")
 MODES = {"sampled": dict(greedy=False, temperature=1.0), "t0.5": dict(greedy=False, temperature=0.5),
@@ -94,6 +98,39 @@ def place_of(held: bool):
     return label_of
 
 
+class GainedDecoder(torch.nn.Module):
+    """Controllers U_g at two strengths: codes 0..K-1 give `decoder`'s U_g, codes K..2K-1 give `gain` U_g
+    (U scaled through its A factor; an affine shift too), so a rollout can pick the strength per step."""
+
+    def __init__(self, decoder: ControllerDecoder, gain: float):
+        super().__init__()
+        self.decoder, self.gain, self.n_z = decoder, gain, 2 * decoder.n_z
+
+    def forward(self, z: torch.Tensor) -> ControllerParams:
+        k = self.decoder.n_z
+        params = self.decoder(z[..., :k] + z[..., k:])
+        scale = 1 + (self.gain - 1) * z[..., k:].sum(-1)
+        shift = None if params.shift is None else params.shift * scale[..., None]
+        return ControllerParams(params.a * scale[..., None, None], params.b, shift)
+
+
+def gained_labels(label_of, n_labels: int, steps: int):
+    """label_of for a GainedDecoder: `label_of(env)`'s controller, at the gained strength on the first `steps`
+    steps after each env's controller changes (0: always)."""
+    state: dict = {}
+
+    def gained(env) -> np.ndarray:
+        labels = label_of(env)
+        if state.get("env") is not env:  # a new rollout
+            state.update(env=env, last=np.full_like(labels, -1), age=np.zeros_like(labels))
+        state["age"] = np.where(labels == state["last"], state["age"] + 1, 0)
+        state["last"] = labels
+        strong = (state["age"] < steps) if steps > 0 else np.ones_like(labels, dtype=bool)
+        return np.where(strong, labels + n_labels, labels)
+
+    return gained
+
+
 def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook, label_of=None) -> dict:
     """evaluate_controllers plus the failure classes of the single, override and post-training rollouts."""
     classes: dict[str, dict] = {}
@@ -107,6 +144,9 @@ def evaluate_mode(model, env_config, config: SteeringConfig, decoder, hook, labe
         classes[name] = {"failures": failure_classes(rollout, padded)}
         if name == "override":
             classes[name]["after_h"] = habit_split(rollout, padded)
+        if name == "posttrain":  # where along the composition episodes stop
+            pairs = rollout["progress"] // 2
+            classes[name]["reached"] = [float((pairs >= k).mean()) for k in range(1, padded.shape[1] // 2 + 1)]
 
     result = evaluate_controllers(model, env_config, config, decoder=decoder, hook=hook, on_rollout=classify,
                                   label_of=label_of)
@@ -174,6 +214,12 @@ def main() -> None:
                              "first colour's). colour fits only (no rollouts).")
     parser.add_argument("--save", type=Path,
                         help="also write the fitted controllers to this checkpoint folder (for rl_over_subgoal_controllers.py)")
+    parser.add_argument("--controllers", type=Path,
+                        help="with --steps 0: roll out the controllers saved here (by --save) instead of the steering stage's")
+    parser.add_argument("--gain", type=float, default=1.0,
+                        help="roll out e + G U_g e instead of e + U_g e (controller strength; default 1, as fitted)")
+    parser.add_argument("--gain-steps", type=int, default=0,
+                        help="apply --gain only on the first N steps after each controller switch (0: on every step)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
@@ -214,12 +260,21 @@ def main() -> None:
                   file=sys.stderr)
             if args.save is not None:
                 save_controller_decoder(args.save, decoder)
+        elif args.controllers is not None:
+            decoder = load_controller_decoder(args.controllers)
+            fit["source"] = str(args.controllers)
         else:
             decoder = load_steering_decoder(args.run, hook)
             fit["source"] = "the steering stage's controller"
-        results = {"hook": hook, "fit": fit, "modes": {}}
+        results = {"hook": hook, "fit": fit, "gain": args.gain, "gain_steps": args.gain_steps, "modes": {}}
         modes = [m for m in args.modes.split(",") if m] if args.labels != "colour" else []
         label_of = place_of(args.labels == "held-place") if args.labels in ("place", "held-place") else None
+        if args.gain != 1.0:
+            if label_of is None:
+                table = np.maximum(spec_of_config(env_config).subgoal_table(env_config.n_colours), 0)
+                label_of = lambda env: table[env.target()]  # noqa: E731 (the rollout's own default, as a function)
+            label_of = gained_labels(label_of, decoder.n_z, args.gain_steps)
+            decoder = GainedDecoder(decoder, args.gain)
         for mode in modes:
             mode_config = replace(config, **MODES[mode])
             results["modes"][mode] = {
@@ -231,7 +286,7 @@ def main() -> None:
                 c, u = (results["modes"][mode][k][name] for k in ("controlled", "uncontrolled"))
                 print(f"  {name:18s} {c['success']:.3f} (uncontrolled {u['success']:.3f}, expert "
                       f"{c['expert_success']:.3f}, normalised {c['normalised_success']:.3f}) "
-                      f"{json.dumps(c.get('failures', {}))} {json.dumps(c.get('after_h', {}))}", file=sys.stderr)
+                      f"{json.dumps(c.get('failures', {}))} {json.dumps(c.get('after_h', c.get('reached', {})))}", file=sys.stderr)
         args.out.write_text(json.dumps(results, indent=1))
     except InternalRLError as err:
         sys.exit(f"error: {err}")
