@@ -220,6 +220,22 @@ def _analyse(args: argparse.Namespace) -> None:
           f"mean segment length {seg['mean']:.2f} vs true {true['mean']:.2f}; wrote {report['json']} and {report['plot']}")
 
 
+def _label_free(args: argparse.Namespace) -> None:
+    from internal_rl.pipeline.label_free_stage import discover_codes_run, fit_switch_run
+    from internal_rl.pipeline.run_folder import HMM_SWITCH_DIR, LABEL_FREE_DIR, RunFolder
+    from internal_rl.analysis.label_free_codes import LabelFreeConfig
+
+    run = RunFolder(args.run)
+    _refuse_overwrite([run.stage(HMM_SWITCH_DIR), run.stage(LABEL_FREE_DIR)], args.force)
+    config = LabelFreeConfig(n_codes=args.codes, seed=args.seed)
+    held_out = fit_switch_run(run.root, config)["held_out"]
+    codes = discover_codes_run(run.root, config)
+    print(f"HMM switch: {held_out['switches_per_episode']:.1f} switches per held-out episode (true "
+          f"{held_out['true_switches_per_episode']:.1f}), recall {held_out['switches']['recall']:.3f}, precision "
+          f"{held_out['switches']['precision']:.3f}; {config.n_codes} codes on {codes['segments_per_episode']:.1f} "
+          f"segments per episode; next: internal-rl rl --run {run.root} --method label-free")
+
+
 def _code_replay(args: argparse.Namespace) -> None:
     from internal_rl.envs.tasks import parse_task
     from internal_rl.pipeline.run_folder import RunFolder
@@ -378,9 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rl", help="RL on a post-training task: internal RL, raw-action RL, the no-switch ablation, "
                                   "or through the co-trained or CompILE segmenter")
     p.add_argument("--run", required=True, help="run folder (pretrain/, metacontroller/, metacontroller-no-switch/)")
-    p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch", "cotrained", "compile"],
+    p.add_argument("--method", required=True, choices=["internal", "raw", "no-switch", "cotrained", "compile", "label-free"],
                    help="cotrained: internal RL through a metacontroller trained with `metacontroller --cotrain`; "
-                        "compile: through the CompILE baseline (`metacontroller --compile`)")
+                        "compile: through the CompILE baseline (`metacontroller --compile`); label-free: through "
+                        "the codes and HMM switch of `reproduce --preset stepping-stone` (a deviation)")
     p.add_argument("--task", default=None, help="colours to visit in order (default: the run's environment's post-training task)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds, run one after another")
     p.add_argument("--first-seed", type=_seed, default=0)
@@ -455,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)  # where --alpha-sweep trains; the analyses run on the CPU
     p.set_defaults(func=_analyse)
 
+    p = sub.add_parser("label-free", help="fit the label-free chain on RUN's D*: an HMM switch over the residual "
+                                          "and k-means codes with their controllers (a deviation; for --method label-free)")
+    p.add_argument("--run", required=True, help="run folder with a pretrained base model and RUN/data-clean (D*)")
+    p.add_argument("--codes", type=_positive_int, default=8, help="number of codes (k-means clusters; default 8)")
+    p.add_argument("--seed", type=_seed, default=0)
+    _add_force_option(p, "RUN/hmm-switch and RUN/label-free-codes")
+    p.set_defaults(func=_label_free)
+
     p = sub.add_parser("code-replay", help="grid world: replay the codes RUN's metacontroller infers from expert "
                                            "demonstrations of TASK in the internal-RL env, against codes from the prior")
     p.add_argument("--run", required=True, help="run folder with a trained metacontroller")
@@ -479,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env", choices=["gridworld", "point-pinpad", "ant-pinpad"])
     p.add_argument("--out", required=True, help="run folder (an existing one is continued)")
     p.add_argument("--preset", default="quick", help="quick (2 CPU cores: grid ~50 min, point-pinpad ~18 min, ant-pinpad ~28 min), demo (grid: quick from "
-                        "its shipped base model and metacontrollers, minutes), long (grid, ~95 min) or full (the "
-                        "paper's budgets)")
+                        "its shipped base model and metacontrollers, minutes), long (grid, ~95 min), stepping-stone "
+                        "(grid: internal RL over codes and a switch found without labels against raw-action RL on "
+                        "0-1-2-3-4-5, ~7 h) or full (the paper's budgets)")
     _add_device_option(p)
     p.set_defaults(func=_reproduce)
 

@@ -31,24 +31,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits
 
 from internal_rl.analysis.code_content import dataset_code_content, place_labels
+from internal_rl.analysis.label_free_codes import (
+    MAX_SEGMENTS,
+    batch_segments,
+    cluster_segments,
+    fit_controllers,
+    hmm_segments,
+    step_codes,
+    step_nll,
+)
 from internal_rl.analysis.switching import EpisodeTrace
-from internal_rl.analysis.subgoal_controllers import controller_intervention, subgoal_codes
 from internal_rl.common.errors import ConfigError, InternalRLError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.data.generate import env_config_from_manifest
-from internal_rl.models.controller import ControllerDecoder
+from internal_rl.models.controller import ControllerDecoder, load_controller_decoder, save_controller_decoder
 from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_folder import RunFolder
-from internal_rl.pipeline.run_steps import load_controller_decoder, save_controller_decoder
-from internal_rl.rl.hmm_switch import HMMSwitch, load_hmm_switch
-
-MAX_SEGMENTS = 16
-
+from internal_rl.rl.hmm_switch import load_hmm_switch
 
 def segment_index(subgoals: torch.Tensor) -> torch.Tensor:
     """[B,T] index of each step's true segment within its episode (a new one wherever the subgoal changes);
@@ -65,45 +67,6 @@ def flat_segments(dataset: TrajectoryDataset) -> np.ndarray:
     for start, length in zip(dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]):
         segments[start:start + length] = segment_index(torch.from_numpy(subgoals[start:start + length])[None])[0].numpy()
     return segments
-
-
-@torch.no_grad()
-def hmm_segments(model, dataset: TrajectoryDataset, hook: str, switch: HMMSwitch, batch: int = 256) -> np.ndarray:
-    """Int [N_steps] over the stored flat arrays: for `dataset`'s episodes, a new segment wherever the HMM's
-    filtered state changes, up to MAX_SEGMENTS (-1 elsewhere); never reads a label."""
-    segments = np.full(len(dataset.arrays["subgoals"]), -1, dtype=np.int64)
-    starts, lengths = dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]
-    for start in range(0, dataset.num_episodes, batch):
-        local = np.arange(start, min(start + batch, dataset.num_episodes))
-        data = dataset.batch(local)
-        beta, _ = switch.filter(model(data["observations"], cache_hooks=[hook]).cache[hook].float())
-        index = ((beta > 0.5).long().cumsum(1) - 1).clamp(max=MAX_SEGMENTS - 1)  # later segments share the last code
-        for b, i in enumerate(dataset.episode_ids[local]):
-            segments[starts[i]:starts[i] + lengths[i]] = index[b, :lengths[i]].numpy()
-    return segments
-
-
-def batch_segments(dataset: TrajectoryDataset, local: np.ndarray, segments: np.ndarray) -> torch.Tensor:
-    """[B,T] segment index of episodes `local` of `dataset` (as `dataset.batch(local)` pads them), -1 on padding."""
-    ids = dataset.episode_ids[local]
-    starts, lengths = dataset.arrays["episode_starts"][ids], dataset.arrays["episode_lengths"][ids]
-    t = np.arange(int(lengths.max()))
-    out = segments[starts[:, None] + np.minimum(t[None, :], lengths[:, None] - 1)]
-    return torch.from_numpy(np.where(t[None, :] < lengths[:, None], out, -1))
-
-
-def step_codes(assign: np.ndarray, ids: np.ndarray, segments: torch.Tensor) -> torch.Tensor:
-    """[B,T] code of each step from the per-episode segment assignment [N_total, MAX_SEGMENTS]; -1 on padding."""
-    table = torch.from_numpy(assign[ids])  # [B, S]
-    codes = torch.gather(table, 1, segments.clamp(0, MAX_SEGMENTS - 1))
-    return torch.where(segments >= 0, codes, -1)
-
-
-def step_nll(model, batch, hook: str, decoder: ControllerDecoder, codes: torch.Tensor) -> torch.Tensor:
-    """[B,T] -log p(a_t | o_{1:t}) with controller U_{code_t} at `hook` (0 on padding)."""
-    z = subgoal_codes(codes, decoder.n_z)
-    out = model(batch["observations"], interventions={hook: controller_intervention(decoder, z)})
-    return model.action_nll(out.action_params, batch["actions"]) * batch["mask"]
 
 
 @torch.no_grad()
@@ -130,55 +93,6 @@ def reassign(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: s
         total += float(nll.sum())
         steps += int(data["mask"].sum())
     return total / max(steps, 1)
-
-
-@torch.no_grad()
-def residual_clusters(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: str, assign: np.ndarray,
-                      n_codes: int, seed: int, lookahead: bool = False, batch: int = 256) -> None:
-    """Assign every segment of `dataset` (in place) to one of `n_codes` k-means clusters of its mean residual at
-    `hook` (with `lookahead`, followed by the next segment's; the episode's last segment repeats its own),
-    standardised per dimension."""
-    means, where = [], []
-    for start in range(0, dataset.num_episodes, batch):
-        local = np.arange(start, min(start + batch, dataset.num_episodes))
-        data = dataset.batch(local)
-        residual = model(data["observations"], cache_hooks=[hook]).cache[hook].float()  # [B,T,d]
-        segments = batch_segments(dataset, local, segment_ids)
-        n_seg = min(int(segments.max()) + 1, MAX_SEGMENTS)
-        inside = torch.stack([segments == j for j in range(n_seg)], 1).float()  # [B,S,T]
-        count = inside.sum(2)
-        mean = inside @ residual / count.clamp(min=1)[..., None]  # [B,S,d]
-        if lookahead:
-            later = torch.cat([mean[:, 1:], mean[:, -1:]], 1)
-            later = torch.where(count.roll(-1, 1)[..., None] > 0, later, mean)
-            mean = torch.cat([mean, later], -1)
-        for j in range(n_seg):
-            has = count[:, j] > 0
-            means.append(mean[has, j].numpy())
-            where.extend((int(i), j) for i in dataset.episode_ids[local[has.numpy()]])
-    x = np.concatenate(means)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    with threadpool_limits(1):
-        clusters = KMeans(n_clusters=n_codes, n_init=10, random_state=seed).fit_predict(x)
-    for (i, j), k in zip(where, clusters):
-        assign[i, j] = k
-
-
-def fit(model, dataset: TrajectoryDataset, segment_ids: np.ndarray, hook: str, decoder, opt, assign: np.ndarray,
-        steps: int, batch: int, rng: np.random.Generator) -> float:
-    """`steps` optimiser steps of the controllers on the current assignment; mean loss of the last tenth."""
-    tail = []
-    for step in range(steps):
-        local = rng.choice(dataset.num_episodes, size=min(batch, dataset.num_episodes), replace=False)
-        data = dataset.batch(local)
-        codes = step_codes(assign, dataset.episode_ids[local], batch_segments(dataset, local, segment_ids))
-        loss = step_nll(model, data, hook, decoder, codes).sum() / data["mask"].sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step >= steps - max(1, steps // 10):
-            tail.append(loss.item())
-    return float(np.mean(tail)) if tail else float("nan")
 
 
 def segment_table(dataset: TrajectoryDataset, segment_ids: np.ndarray, assign: np.ndarray,
@@ -281,7 +195,8 @@ def main() -> None:
         if args.init in ("random", "residual"):
             assign = rng.integers(0, args.codes, size=(n_total, MAX_SEGMENTS))
             if args.init == "residual":
-                residual_clusters(model, train, segment_ids, hook, assign, args.codes, args.seed, args.lookahead)
+                clusters = cluster_segments(model, train, segment_ids, hook, args.codes, args.seed, args.lookahead)
+                assign[train.episode_ids] = clusters[train.episode_ids]
         else:
             assign = np.zeros((n_total, MAX_SEGMENTS), dtype=np.int64)
             for i in range(n_total):  # segment j's true subgoal, folded into K codes
@@ -303,7 +218,7 @@ def main() -> None:
             before = assign.copy()
             if r > 0:
                 train_nll = reassign(model, train, segment_ids, hook, decoder, assign)
-            loss = fit(model, train, segment_ids, hook, decoder, opt, assign, steps, args.batch_size, rng)
+            loss = fit_controllers(model, train, segment_ids, hook, decoder, opt, assign, steps, args.batch_size, rng)
             held_nll = reassign(model, held_out, segment_ids, hook, decoder, assign)
             changed = segment_table(train, segment_ids, before, places)[0] != segment_table(train, segment_ids, assign, places)[0]
             row = {"round": r, "fit_loss": loss, "heldout_nll": held_nll,

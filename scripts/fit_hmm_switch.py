@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from internal_rl.analysis.label_free_codes import episode_residuals
 from internal_rl.analysis.switching import switch_metrics
 from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
@@ -31,17 +32,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from discrete_code_discovery import nmi  # noqa: E402
 
 
-@torch.no_grad()
-def residuals(model, dataset: TrajectoryDataset, hook: str, batch: int = 250) -> list[dict[str, np.ndarray]]:
+def residuals(model, dataset: TrajectoryDataset, hook: str) -> list[dict[str, np.ndarray]]:
     """Per episode: the residual at `hook` [T, d], the subgoal and target labels [T] (for scoring only)."""
-    episodes = []
-    for start in range(0, dataset.num_episodes, batch):
-        data = dataset.batch(np.arange(start, min(start + batch, dataset.num_episodes)))
-        cache = model(data["observations"], cache_hooks=[hook]).cache[hook].float()
-        for b, length in enumerate(data["lengths"].tolist()):
-            episodes.append({"residual": cache[b, :length].numpy(), "subgoal": data["subgoals"][b, :length].numpy(),
-                             "target": data["targets"][b, :length].numpy()})
-    return episodes
+    episodes = [dataset.episode(i) for i in range(dataset.num_episodes)]
+    return [{"residual": residual, "subgoal": episode["subgoals"], "target": episode["targets"]}
+            for residual, episode in zip(episode_residuals(model, dataset, hook), episodes)]
 
 
 def majority(states: np.ndarray, labels: np.ndarray) -> float:

@@ -32,7 +32,7 @@ from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import parse_task
 from internal_rl.models.hooks import controlled_hook
 from internal_rl.pipeline.run_folder import RunFolder
-from internal_rl.pipeline.run_steps import load_controller_decoder
+from internal_rl.models.controller import load_controller_decoder
 from internal_rl.rl.hmm_switch import load_hmm_switch
 from internal_rl.rl.internal_env import BatchedInternalEnv
 from internal_rl.rl.ppo import PPOConfig

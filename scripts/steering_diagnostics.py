@@ -42,7 +42,12 @@ from internal_rl.analysis.subgoal_controllers import (
 )
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
-from internal_rl.models.controller import ControllerDecoder, ControllerParams
+from internal_rl.models.controller import (
+    ControllerDecoder,
+    ControllerParams,
+    load_controller_decoder,
+    save_controller_decoder,
+)
 from internal_rl.common.config import replace
 from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
@@ -51,7 +56,7 @@ from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
 from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_folder import RunFolder
-from internal_rl.pipeline.run_steps import load_controller_decoder, load_steering_decoder, save_controller_decoder
+from internal_rl.pipeline.run_steps import load_steering_decoder
 
 LABELS = ("subgoal", "shared", "colour", "place", "held-place")
 MODES = {"sampled": dict(greedy=False, temperature=1.0), "t0.5": dict(greedy=False, temperature=0.5),

@@ -231,3 +231,11 @@ def test_pretrain_refuses_a_dataset_of_an_unregistered_env(tmp_path, capsys):
     assert main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
     assert "names env 'moonwalk', which is not registered" in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
+
+
+def test_label_free_refuses_a_run_without_a_base_model_and_keeps_an_earlier_fit(tmp_path, capsys):
+    assert main(["label-free", "--run", str(tmp_path)]) == 2
+    assert "pretrain" in one_line_error(capsys)
+    (tmp_path / "hmm-switch").mkdir()
+    assert main(["label-free", "--run", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'hmm-switch'} exists; pass --force to overwrite" in one_line_error(capsys)

@@ -75,3 +75,15 @@ def test_milestone_needs_five_times_raw_with_raw_near_zero():
     results["methods"]["raw"]["normalised_success"] = 0.06  # raw above 0.05
     results["methods"]["internal"]["normalised_success"] = 0.9
     assert judge_gates(results, TASK)["G3"]["milestone"] is False
+
+
+def test_the_label_free_deviation_can_reach_the_milestone_but_not_the_headline():
+    results = passing_results()
+    results["methods"]["internal"]["normalised_success"] = 0.05
+    results["methods"]["raw"]["normalised_success"] = 0.02
+    results["methods"]["label-free"] = {"normalised_success": 0.17}
+    gates = judge_gates(results, TASK)
+    assert gates["G3"]["milestone"] is True and gates["G3"]["milestone_by"] == ["label-free"]
+    assert gates["G3"]["passed"] is False and gates["G3"]["label_free"] == 0.17
+    results["methods"]["label-free"]["normalised_success"] = 0.09  # < 5 x 0.02
+    assert judge_gates(results, TASK)["G3"]["milestone"] is False

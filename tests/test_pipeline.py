@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from internal_rl.analysis.label_free_codes import LabelFreeConfig
 from internal_rl.cli import main
 from internal_rl.common.config import config_to_dict
 from internal_rl.pipeline.reproduce import reproduce, reproduce_preset, stage_presets
-from internal_rl.rl.training import METHODS
+from internal_rl.rl.training import LABEL_FREE, METHODS
 
 TINY = dataclasses.replace(
     reproduce_preset("quick"),
@@ -21,7 +22,8 @@ TINY = dataclasses.replace(
     metacontroller_steps=10,
     rl_episodes=64,
     seeds=1,
-    methods=METHODS,
+    methods=(*METHODS, LABEL_FREE),
+    label_free=LabelFreeConfig(n_codes=3, steps=5),
 )
 
 
@@ -67,6 +69,10 @@ def test_reproduce_writes_every_section_and_resumes(tmp_path, capsys):
     assert "Code replay on the RL task" in text and "code -> subgoal, linear probe" in text
     assert len(results["probes"]["accuracy_by_layer"]) == 7 and "best_layer" in results["probes"]
     assert (out / "figures" / "rl_success_vs_episodes.png").is_file()
+    label_free = results["methods"][LABEL_FREE]  # the deviation: codes and switch found without labels
+    assert label_free["task"] == list(TINY.task) and 0.0 <= label_free["final_success"] <= 1.0
+    assert (out / "hmm-switch" / "summary.json").is_file() and (out / "label-free-codes" / "summary.json").is_file()
+    assert "label-free codes" in text
     gates = results["gates"]  # every gate measured; the tiny run's RL task is not the post-training task
     assert all(gates[k]["passed"] is not None for k in ("G1", "G2", "G3")) and gates["G3"]["passed"] is False
     assert gates["G3"]["on_posttrain_task"] is (list(TINY.task) == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3])
@@ -120,7 +126,7 @@ def test_reproduce_refuses_a_folder_whose_stage_presets_changed(tmp_path, capsys
 
 def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "gridworld", "--out", str(tmp_path), "--preset", "huge"]) == 2
-    assert "valid: ['demo', 'full', 'long', 'quick']" in capsys.readouterr().err
+    assert "valid: ['demo', 'full', 'long', 'quick', 'stepping-stone']" in capsys.readouterr().err
 
 
 POINT_TINY = dataclasses.replace(

@@ -11,11 +11,13 @@ gradient with respect to B is non-zero from the first step (the LoRA initialisat
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from internal_rl.common.errors import check
+from internal_rl.common.checkpoint import load_checkpoint, save_checkpoint
+from internal_rl.common.errors import CheckpointError, check
 
 
 @dataclass
@@ -90,3 +92,24 @@ class ControllerDecoder(nn.Module):
             return ControllerParams(self.a_head(h).unflatten(-1, (d, d)), None, shift)
         r = self.rank
         return ControllerParams(self.a_head(h).unflatten(-1, (d, r)), self.b_head(h).unflatten(-1, (d, r)), shift)
+
+
+DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: the decoder's sizes
+
+
+def save_controller_decoder(path: Path, decoder: ControllerDecoder) -> None:
+    """Write a controller decoder as a checkpoint folder whose config.json records its sizes."""
+    sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden,
+             "shift": decoder.shift_head is not None}
+    save_checkpoint(Path(path), decoder, {DECODER_KEY: sizes})
+
+
+def load_controller_decoder(path: Path) -> ControllerDecoder:
+    """A controller decoder from a checkpoint folder written by `save_controller_decoder`, frozen."""
+    weights, config, _ = load_checkpoint(Path(path))
+    try:
+        decoder = ControllerDecoder(**config[DECODER_KEY])
+        decoder.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is not a controller decoder checkpoint: {str(err).splitlines()[0]}") from None
+    return decoder.eval().requires_grad_(False)

@@ -26,6 +26,7 @@ BASELINE_CEILING = 0.1
 MILESTONE_RATIO = 5.0
 MILESTONE_RAW_CEILING = 0.05
 BASELINES = ("raw", "no-switch")
+LABEL_FREE = "label-free"  # rl/training.LABEL_FREE (not imported: the gates read results only)
 GATE_NAMES = {"G1": "controllability", "G2": "codes name subgoals", "G3": "internal RL learns the composition"}
 
 
@@ -55,6 +56,7 @@ def _code_gate(results: dict[str, Any]) -> dict[str, Any]:
 def _headline_gate(results: dict[str, Any], posttrain_task: list[int] | None) -> dict[str, Any]:
     methods = results.get("methods") or {}
     measured = {name: methods[name].get("normalised_success") for name in ("internal", *BASELINES) if name in methods}
+    label_free = (methods.get(LABEL_FREE) or {}).get("normalised_success")
     internal = methods.get("internal") or {}
     gate: dict[str, Any] = {
         "measured": measured,
@@ -67,9 +69,15 @@ def _headline_gate(results: dict[str, Any], posttrain_task: list[int] | None) ->
     else:
         gate["passed"] = bool(gate["on_posttrain_task"] is not False and measured["internal"] >= HEADLINE_THRESHOLD
                               and all(measured[b] <= BASELINE_CEILING for b in BASELINES))
-    raw, ours = measured.get("raw"), measured.get("internal")
-    gate["milestone"] = None if raw is None or ours is None else bool(
-        raw <= MILESTONE_RAW_CEILING and ours > 0 and ours >= MILESTONE_RATIO * raw)
+    # The milestone, for internal RL and for the label-free deviation (which cannot pass G3 itself).
+    raw = measured.get("raw")
+    reached = {name: bool(raw <= MILESTONE_RAW_CEILING and ours > 0 and ours >= MILESTONE_RATIO * raw)
+               for name, ours in (("internal", measured.get("internal")), (LABEL_FREE, label_free))
+               if raw is not None and ours is not None}
+    gate["milestone"] = any(reached.values()) if reached else None
+    gate["milestone_by"] = [name for name, ok in reached.items() if ok]
+    if label_free is not None:
+        gate["label_free"] = label_free
     return gate
 
 

@@ -176,8 +176,12 @@ def _gate_lines(results: dict[str, Any]) -> list[str]:
     if g3.get("on_posttrain_task") is False:
         verdict += f" RL ran on {task}, not on the post-training task, so G3 cannot pass here."
     if g3.get("milestone") is not None:
+        by = ", ".join(METHOD_NAMES.get(k, k).split(" (")[0] for k in g3.get("milestone_by") or [])
         verdict += (f" Milestone (internal RL >= {MILESTONE_RATIO:g}x raw-action RL, raw <= {MILESTONE_RAW_CEILING} "
-                    f"normalised): {'reached' if g3['milestone'] else 'not reached'}.")
+                    f"normalised): {f'reached by {by}' if g3['milestone'] else 'not reached'}.")
+    if g3.get("label_free") is not None:
+        verdict += (f" Internal RL over the label-free codes (a deviation, not judged by G3): "
+                    f"{_fmt(g3['label_free'])} normalised.")
     if not discovered_measured:
         verdict += " G2's second half, the discovered controllers held on fresh layouts, is not measured here."
     return lines + ["", verdict + " The thresholds and their grounds: `internal_rl/pipeline/gates.py`.", ""]

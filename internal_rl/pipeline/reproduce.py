@@ -17,6 +17,7 @@ from internal_rl.common.device import describe_device, resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError
 from internal_rl.common.seeding import derive_seed
 from internal_rl.envs.tasks import GRID_POSTTRAIN_TASK, PINPAD_POSTTRAIN_TASK, Task
+from internal_rl.analysis.label_free_codes import LabelFreeConfig
 from internal_rl.analysis.probes import probe_preset
 from internal_rl.analysis.subgoal_controllers import steer_preset
 from internal_rl.data.generate import generate_dataset
@@ -25,16 +26,25 @@ from internal_rl.metacontroller.training import COMPILE_PRESETS
 from internal_rl.metacontroller.training import preset as metacontroller_preset
 from internal_rl.models.hooks import controlled_hook
 from internal_rl.models.pretraining import pretrain_preset
+from internal_rl.pipeline.label_free_stage import discover_codes_run, fit_switch_run
 from internal_rl.pipeline.metacontroller_stage import train_metacontroller_run
 from internal_rl.pipeline.pretrain_stage import run_pretraining
 from internal_rl.pipeline.report import write_report
 from internal_rl.pipeline.rl_stage import run_rl_seeds
-from internal_rl.pipeline.run_folder import COMPILE_DIR, COTRAINED_DIR, METACONTROLLER_DIR, NO_SWITCH_DIR, RunFolder
+from internal_rl.pipeline.run_folder import (
+    COMPILE_DIR,
+    COTRAINED_DIR,
+    HMM_SWITCH_DIR,
+    LABEL_FREE_DIR,
+    METACONTROLLER_DIR,
+    NO_SWITCH_DIR,
+    RunFolder,
+)
 from internal_rl.pipeline.run_steps import analyse_run, load_steering_decoder, probe_run, replay_run, steer_run
 from internal_rl.pipeline.shipped import install_shipped, shipped_stages
 from internal_rl.pipeline.stages import Stage, run_stages
 from internal_rl.pipeline.videos import write_videos
-from internal_rl.rl.training import BASE_METHODS, METHODS
+from internal_rl.rl.training import BASE_METHODS, LABEL_FREE, METHODS
 from internal_rl.rl.training import PRESETS as RL_PRESETS
 
 
@@ -71,6 +81,9 @@ class ReproducePreset:
     # Shipped checkpoints (`pipeline/shipped.py`) that replace the training of the stages they hold (the base
     # model, the metacontrollers); None trains every stage.
     shipped: str | None = None
+    # The label-free chain's settings, for presets whose methods include it (None: LabelFreeConfig's, the
+    # measured ones; the tests shrink them).
+    label_free: LabelFreeConfig | None = None
 
 
 _GRID_PRESETS: dict[str, ReproducePreset] = {
@@ -92,6 +105,18 @@ _GRID_PRESETS: dict[str, ReproducePreset] = {
     "long": ReproducePreset(
         episodes=200_000, pretrain="quick", probe="quick", steer="quick", metacontroller="long", rl="long", seeds=2,
         pretrain_steps=15_000, steer_steps=300, clean_episodes=50_000, task=(0, 1, 2, 3), methods=METHODS,
+    ),
+    # The stepping stone with no label in the chain (docs/results.md, "A switch found without labels"), two
+    # named deviations: the base model reads each object's offset from the agent (pretrain preset
+    # quick-offsets), and a sticky HMM switch and k-means codes found without labels stand in for the
+    # metacontroller (analysis/label_free_codes.py; the metacontroller's switching collapses on this model). RL over
+    # them (label-free), over the paper's metacontroller (internal) and over raw actions, on 0-1-2-3-4-5 (two
+    # unseen transitions; no method sees a success on the 12-colour task at this scale), 65,536 episodes and
+    # 3 seeds each. About 7 hours on 2 CPU cores, 3 of them raw-action RL.
+    "stepping-stone": ReproducePreset(
+        episodes=200_000, pretrain="quick-offsets", probe="quick", steer="quick", metacontroller="long", rl="long",
+        seeds=3, clean_episodes=10_000, task=(0, 1, 2, 3, 4, 5), methods=(LABEL_FREE, "internal", "raw"),
+        rl_episodes=65_536,
     ),
     # The paper's budgets (accelerator scale), 3 seeds per method.
     "full": ReproducePreset(
@@ -222,6 +247,16 @@ def pipeline_stages(
 
         return run
 
+    label_free_config = preset.label_free or LabelFreeConfig(seed=preset.seed)
+
+    def label_free_switch(out: Path) -> dict[str, Any]:
+        held_out = fit_switch_run(out, label_free_config)["held_out"]
+        return {"f1": held_out["switches"]["f1"], "switches_per_episode": held_out["switches_per_episode"]}
+
+    def label_free_codes(out: Path) -> dict[str, Any]:
+        summary = discover_codes_run(out, label_free_config)
+        return {"segments_per_episode": summary["segments_per_episode"], "fit_loss": summary["fit_loss"]}
+
     def rl(method: str):
         def run(out: Path) -> dict[str, Any]:
             results = run_rl_seeds(
@@ -247,6 +282,8 @@ def pipeline_stages(
     for method, stage in (("no-switch", NO_SWITCH_DIR), ("cotrained", COTRAINED_DIR), ("compile", COMPILE_DIR)):
         if method in preset.methods:
             stages.append(Stage(stage, metacontroller(stage)))
+    if LABEL_FREE in preset.methods:
+        stages += [Stage(HMM_SWITCH_DIR, label_free_switch), Stage(LABEL_FREE_DIR, label_free_codes)]
     stages += [Stage(f"rl-{method}", rl(method)) for method in preset.methods]
     if preset.videos:
         stages.append(Stage("videos", videos))

@@ -20,6 +20,7 @@ METHOD_NAMES = {
     "no-switch": "no temporal abstraction (beta = 1, a code every step)",
     "cotrained": "metacontroller co-trained with its base model",
     "compile": "CompILE codes and boundaries (Kipf et al., 2019)",
+    "label-free": "internal RL over label-free codes (k-means codes, HMM switch; a deviation)",
 }
 # The metacontroller rows of results.json, by their key, and the stage whose switching analysis each is read from.
 SWITCHING_STAGES = {"switching": METACONTROLLER_DIR, "switching_no_switch": NO_SWITCH_DIR,

@@ -11,8 +11,9 @@ from internal_rl.common.errors import CheckpointError, check
 from internal_rl.envs.tasks import Task, validate_task
 from internal_rl.metacontroller.segmenter import Segmenter
 from internal_rl.models.base_model import BaseModel
+from internal_rl.pipeline.label_free_stage import load_label_free_codes
 from internal_rl.pipeline.run_folder import METACONTROLLER_DIRS, RunFolder
-from internal_rl.rl.training import RLConfig, RolloutWorkers, check_method, rl_config, train_rl
+from internal_rl.rl.training import LABEL_FREE, RLConfig, RolloutWorkers, check_method, rl_config, train_rl
 
 # How to train the metacontroller each method acts through, for the message when it is missing.
 _TRAIN_HINTS = {"no-switch": " (train it with `internal-rl metacontroller --force-switch`)",
@@ -31,9 +32,12 @@ def env_config_of_run(run_dir: Path, base_model: BaseModel, task: Task) -> Any:
 
 
 def load_method_metacontroller(run_dir: Path, method: str) -> Segmenter | None:
-    """The frozen metacontroller `method` acts through (None for raw-action RL)."""
+    """The frozen metacontroller `method` acts through (None for raw-action RL; the label-free codes and
+    switch for `label-free`)."""
     if check_method(method) == "raw":
         return None
+    if method == LABEL_FREE:
+        return load_label_free_codes(run_dir)
     run = RunFolder(run_dir)
     path = run.stage(METACONTROLLER_DIRS[method])
     if not path.is_dir():

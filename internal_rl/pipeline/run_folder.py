@@ -12,6 +12,8 @@ Every stage writes only its own part (`reproduce` runs them all in order):
     RUN/<metacontroller stage>/ checkpoint/, tb/, summary.json (and base_model/ for the co-trained one):
                                 metacontroller, metacontroller-no-switch, metacontroller-label-switches,
                                 metacontroller-cotrained, compile, alpha_sweep/alpha_<a>
+    RUN/hmm-switch/, RUN/label-free-codes/   checkpoint/, summary.json: the label-free chain's switch and
+                                code controllers (`reproduce --preset stepping-stone`, a deviation)
     RUN/switching<suffix>.json, switching_beta<suffix>.png   the switching analysis of a stage
     RUN/code_replay<suffix>.json                             grid world: the stage's codes replayed on the RL task
     RUN/alpha_sweep.json, .png  one metacontroller per alpha
@@ -46,6 +48,8 @@ NO_SWITCH_DIR = "metacontroller-no-switch"  # the force_switch (beta == 1) ablat
 LABEL_SWITCHES_DIR = "metacontroller-label-switches"  # the label_switches diagnostic
 COTRAINED_DIR = "metacontroller-cotrained"  # the co-training baseline: trained jointly with its own base model
 COMPILE_DIR = "compile"  # the CompILE baseline
+HMM_SWITCH_DIR = "hmm-switch"  # the label-free chain's switch (analysis/label_free_codes.py)
+LABEL_FREE_DIR = "label-free-codes"  # the label-free chain's code controllers
 COTRAINED_BASE_SUBDIR = "base_model"  # the co-trained base model's checkpoint folder, inside its stage folder
 RL_DIR = "rl"
 STAGES_DIR = "stages"
@@ -54,7 +58,7 @@ VIDEOS_DIR = "videos"
 STEERING_CONTROLLERS = "steering_controllers"
 ALPHA_SWEEP = "alpha_sweep"
 # Folders of the other stages: never a metacontroller stage's name.
-RESERVED = (PRETRAIN, DATA, CLEAN_DATA, RL_DIR, STAGES_DIR, FIGURES_DIR)
+RESERVED = (PRETRAIN, DATA, CLEAN_DATA, RL_DIR, STAGES_DIR, FIGURES_DIR, HMM_SWITCH_DIR, LABEL_FREE_DIR)
 # The metacontroller stage each RL method acts through (raw-action RL has none).
 METACONTROLLER_DIRS: dict[str, str] = {"internal": METACONTROLLER_DIR, "no-switch": NO_SWITCH_DIR,
                                        "cotrained": COTRAINED_DIR, "compile": COMPILE_DIR}

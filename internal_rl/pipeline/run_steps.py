@@ -24,7 +24,7 @@ from internal_rl.analysis.switching import (
     plot_beta_traces,
     switching_report,
 )
-from internal_rl.common.checkpoint import load_checkpoint, save_checkpoint
+from internal_rl.common.checkpoint import load_checkpoint
 from internal_rl.common.config import load_json, replace, save_json
 from internal_rl.common.device import resolve_device
 from internal_rl.common.errors import CheckpointError, ConfigError
@@ -33,12 +33,11 @@ from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.gridworld import GridWorldConfig
 from internal_rl.envs.tasks import Task
 from internal_rl.metacontroller.modules import load_metacontroller, segmenter_key
-from internal_rl.models.controller import ControllerDecoder
+from internal_rl.models.controller import load_controller_decoder, save_controller_decoder
 from internal_rl.pipeline.metacontroller_stage import train_metacontroller_run
 from internal_rl.pipeline.rl_stage import env_config_of_run
 from internal_rl.pipeline.run_folder import METACONTROLLER_DIR, RunFolder
 
-DECODER_KEY = "controller_decoder"  # in each decoder checkpoint's config.json: the decoder's sizes
 
 
 def probe_run(
@@ -85,30 +84,12 @@ def steer_run(
     return results
 
 
-def save_controller_decoder(path: Path, decoder: Any) -> None:
-    """Write a controller decoder as a checkpoint folder whose config.json records its sizes."""
-    sizes = {"n_z": decoder.n_z, "d_model": decoder.d_model, "rank": decoder.rank, "hidden": decoder.hidden,
-             "shift": decoder.shift_head is not None}
-    save_checkpoint(Path(path), decoder, {DECODER_KEY: sizes})
-
-
 def load_steering_decoder(run: Path, hook: str) -> Any:
     """The supervised controller decoder `steer_run` fitted at `hook`, frozen."""
     path = RunFolder(run).steering_controller(hook)
     if not path.is_dir():
         raise CheckpointError(f"no supervised controller for {hook} in {run} (run `internal-rl steer --run {run}`)")
     return load_controller_decoder(path)
-
-
-def load_controller_decoder(path: Path) -> Any:
-    """A controller decoder from a checkpoint folder written by `save_controller_decoder`, frozen."""
-    weights, config, _ = load_checkpoint(Path(path))
-    try:
-        decoder = ControllerDecoder(**config[DECODER_KEY])
-        decoder.load_state_dict(weights)
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is not a controller decoder checkpoint: {str(err).splitlines()[0]}") from None
-    return decoder.eval().requires_grad_(False)
 
 
 def analyse_run(run_dir: Path, *, stage_name: str = METACONTROLLER_DIR, data: Path | None = None,
