@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from internal_rl.analysis.label_free_codes import episode_residuals
-from internal_rl.analysis.switching import switch_metrics
 from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.models.hooks import controlled_hook
+from internal_rl.pipeline.label_free_stage import switch_scores
 from internal_rl.pipeline.run_folder import RunFolder
 from internal_rl.rl.hmm_switch import HMMSwitch, fit_hmm_switch, save_hmm_switch
 
@@ -50,9 +50,7 @@ def score(switch: HMMSwitch, episodes: list[dict[str, np.ndarray]]) -> dict:
         betas.append(beta[0].numpy())
         states.append(state[0].numpy())
     s = np.concatenate(states)
-    scores = {"switches": switch_metrics(betas, [e["subgoal"] for e in episodes]),
-              "switches_per_episode": float(np.mean([(b[1:] > 0.5).sum() for b in betas])),
-              "true_switches_per_episode": float(np.mean([(e["subgoal"][1:] != e["subgoal"][:-1]).sum() for e in episodes]))}
+    scores = switch_scores(betas, [e["subgoal"] for e in episodes])
     for name in ("subgoal", "target"):
         labels = np.concatenate([e[name] for e in episodes])
         keep = labels >= 0

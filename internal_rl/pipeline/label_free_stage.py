@@ -44,6 +44,12 @@ def score_switch(model: torch.nn.Module, dataset: TrajectoryDataset, switch: HMM
         for b, length in enumerate(data["lengths"].tolist()):
             betas.append(beta[b, :length].numpy())
             subgoals.append(data["subgoals"][b, :length].numpy())
+    return switch_scores(betas, subgoals)
+
+
+def switch_scores(betas: list[np.ndarray], subgoals: list[np.ndarray]) -> dict[str, Any]:
+    """Switch precision / recall / F1 against the subgoal changes (`switch_metrics`), and switches per
+    episode, predicted and true, of per-episode betas and subgoal labels."""
     return {"switches": switch_metrics(betas, subgoals),
             "switches_per_episode": float(np.mean([(b[1:] > 0.5).sum() for b in betas])),
             "true_switches_per_episode": float(np.mean([(s[1:] != s[:-1]).sum() for s in subgoals]))}
