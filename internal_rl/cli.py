@@ -221,9 +221,9 @@ def _analyse(args: argparse.Namespace) -> None:
 
 
 def _label_free(args: argparse.Namespace) -> None:
+    from internal_rl.analysis.label_free_codes import LabelFreeConfig
     from internal_rl.pipeline.label_free_stage import discover_codes_run, fit_switch_run
     from internal_rl.pipeline.run_folder import HMM_SWITCH_DIR, LABEL_FREE_DIR, RunFolder
-    from internal_rl.analysis.label_free_codes import LabelFreeConfig
 
     run = RunFolder(args.run)
     _refuse_overwrite([run.stage(HMM_SWITCH_DIR), run.stage(LABEL_FREE_DIR)], args.force)

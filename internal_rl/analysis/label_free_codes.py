@@ -16,7 +16,7 @@ HMM ends it. No subgoal label is read. Measured in docs/results.md ("A switch fo
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -59,14 +59,20 @@ class LabelFreeConfig:
 
 
 @torch.no_grad()
-def episode_residuals(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str, batch: int = 256) -> list[np.ndarray]:
-    """The residual at `hook` of every episode of `dataset`, [T_i, d] each, in order."""
-    out = []
+def batched_residuals(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str,
+                      batch: int = 256) -> Iterator[tuple[np.ndarray, dict[str, Tensor], Tensor]]:
+    """`dataset`'s episodes in batches, in order: (their local indices, `dataset.batch` of them, the padded
+    residual at `hook` [B,T,d])."""
     for start in range(0, dataset.num_episodes, batch):
-        data = dataset.batch(np.arange(start, min(start + batch, dataset.num_episodes)))
-        cache = model(data["observations"], cache_hooks=[hook]).cache[hook].float()
-        out.extend(cache[b, :length].numpy() for b, length in enumerate(data["lengths"].tolist()))
-    return out
+        local = np.arange(start, min(start + batch, dataset.num_episodes))
+        data = dataset.batch(local)
+        yield local, data, model(data["observations"], cache_hooks=[hook]).cache[hook].float()
+
+
+def episode_residuals(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str) -> list[np.ndarray]:
+    """The residual at `hook` of every episode of `dataset`, [T_i, d] each, in order."""
+    return [residual[b, :length].numpy() for _, data, residual in batched_residuals(model, dataset, hook)
+            for b, length in enumerate(data["lengths"].tolist())]
 
 
 def fit_switch(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str, config: LabelFreeConfig) -> HMMSwitch:
@@ -77,16 +83,13 @@ def fit_switch(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str, co
 
 
 @torch.no_grad()
-def hmm_segments(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str, switch: HMMSwitch,
-                 batch: int = 256) -> np.ndarray:
+def hmm_segments(model: torch.nn.Module, dataset: TrajectoryDataset, hook: str, switch: HMMSwitch) -> np.ndarray:
     """Int [N_steps] over `dataset`'s stored flat arrays: for its episodes, a new segment wherever the HMM's
     filtered state changes, up to MAX_SEGMENTS (-1 on steps of other episodes)."""
     segments = np.full(len(dataset.arrays["subgoals"]), -1, dtype=np.int64)
     starts, lengths = dataset.arrays["episode_starts"], dataset.arrays["episode_lengths"]
-    for start in range(0, dataset.num_episodes, batch):
-        local = np.arange(start, min(start + batch, dataset.num_episodes))
-        data = dataset.batch(local)
-        beta, _ = switch.filter(model(data["observations"], cache_hooks=[hook]).cache[hook].float())
+    for local, _, residual in batched_residuals(model, dataset, hook):
+        beta, _ = switch.filter(residual)
         index = ((beta > 0.5).long().cumsum(1) - 1).clamp(max=MAX_SEGMENTS - 1)
         for b, i in enumerate(dataset.episode_ids[local]):
             segments[starts[i]:starts[i] + lengths[i]] = index[b, :lengths[i]].numpy()
@@ -133,14 +136,12 @@ def segment_features(residual: Tensor, segments: Tensor, lookahead: bool = True)
 
 @torch.no_grad()
 def cluster_segments(model: torch.nn.Module, dataset: TrajectoryDataset, segments: np.ndarray, hook: str,
-                     n_codes: int, seed: int, lookahead: bool = True, batch: int = 256) -> np.ndarray:
+                     n_codes: int, seed: int, lookahead: bool = True) -> np.ndarray:
     """Codes [N_episodes, MAX_SEGMENTS] (over all of the dataset's stored episodes; 0 where no segment): each
     segment of `dataset`'s episodes in one of `n_codes` k-means clusters of its `segment_features`,
     standardised per dimension."""
     features, where = [], []
-    for start in range(0, dataset.num_episodes, batch):
-        local = np.arange(start, min(start + batch, dataset.num_episodes))
-        residual = model(dataset.batch(local)["observations"], cache_hooks=[hook]).cache[hook].float()
+    for local, _, residual in batched_residuals(model, dataset, hook):
         mean, count = segment_features(residual, batch_segments(dataset, local, segments), lookahead)
         for j in range(mean.shape[1]):
             has = count[:, j] > 0
@@ -178,7 +179,8 @@ def fit_controllers(model: torch.nn.Module, dataset: TrajectoryDataset, segments
 def discover_codes(model: torch.nn.Module, dataset: TrajectoryDataset, switch: HMMSwitch,
                    config: LabelFreeConfig) -> tuple[ControllerDecoder, dict[str, Any]]:
     """The label-free codes on `dataset`'s first `config.code_episodes` episodes: k-means clusters of the
-    HMM's segments with lookahead, and a controller per cluster at the switch's hook (frozen); returns it
+    HMM's segments with lookahead, and a controller per cluster at the switch's hook (the base `model` given
+    frozen; the controllers returned frozen); returns them
     with a summary (segments per episode, each code's share of segments, the fit's final loss)."""
     data = dataset.subset(np.arange(min(config.code_episodes, dataset.num_episodes)))
     hook = switch.config.hook
@@ -188,11 +190,10 @@ def discover_codes(model: torch.nn.Module, dataset: TrajectoryDataset, switch: H
     torch.manual_seed(derive_seed(config.seed, "label-free-decoder"))
     decoder = ControllerDecoder(config.n_codes, int(model.d_model), config.rank)
     opt = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    model.requires_grad_(False)
     loss = fit_controllers(model, data, segments, hook, decoder, opt, assign, config.steps, config.batch_size, rng)
     per_episode = np.array([segments[s:s + n].max() + 1 for s, n in zip(data.arrays["episode_starts"][data.episode_ids],
                                                                         data.arrays["episode_lengths"][data.episode_ids])])
-    used = np.concatenate([assign[i, :n] for i, n in zip(data.episode_ids, np.minimum(per_episode, MAX_SEGMENTS))])
+    used = np.concatenate([assign[i, :n] for i, n in zip(data.episode_ids, per_episode)])  # n <= MAX_SEGMENTS
     summary = {"episodes": data.num_episodes, "segments_per_episode": float(per_episode.mean()),
                "code_shares": (np.bincount(used, minlength=config.n_codes) / len(used)).tolist(), "fit_loss": loss}
     return decoder.eval().requires_grad_(False), summary

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from internal_rl.analysis.label_free_codes import LabelFreeConfig, discover_codes, fit_switch
+from internal_rl.analysis.label_free_codes import LabelFreeConfig, batched_residuals, discover_codes, fit_switch
 from internal_rl.analysis.switching import switch_metrics
 from internal_rl.common.config import save_json
 from internal_rl.common.errors import CheckpointError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
-from internal_rl.models.hooks import controlled_hook
 from internal_rl.models.controller import load_controller_decoder, save_controller_decoder
+from internal_rl.models.hooks import controlled_hook
 from internal_rl.pipeline.run_folder import HMM_SWITCH_DIR, LABEL_FREE_DIR, RunFolder
 from internal_rl.rl.hmm_switch import HMMSwitch, load_hmm_switch, save_hmm_switch
 from internal_rl.rl.subgoal_codes import SubgoalCodes
@@ -38,9 +38,8 @@ def _clean_split(run: RunFolder, seed: int) -> tuple[TrajectoryDataset, Trajecto
 def score_switch(model: torch.nn.Module, dataset: TrajectoryDataset, switch: HMMSwitch) -> dict[str, Any]:
     """Where the switch fires on `dataset`'s episodes against the true subgoal changes (analysis only)."""
     betas, subgoals = [], []
-    for start in range(0, dataset.num_episodes, 256):
-        data = dataset.batch(np.arange(start, min(start + 256, dataset.num_episodes)))
-        beta, _ = switch.filter(model(data["observations"], cache_hooks=[switch.config.hook]).cache[switch.config.hook].float())
+    for _, data, residual in batched_residuals(model, dataset, switch.config.hook):
+        beta, _ = switch.filter(residual)
         for b, length in enumerate(data["lengths"].tolist()):
             betas.append(beta[b, :length].numpy())
             subgoals.append(data["subgoals"][b, :length].numpy())
