@@ -5,6 +5,7 @@ Every user-facing failure is an `InternalRLError`; it is printed as one line and
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -125,8 +126,14 @@ def _rl(args: argparse.Namespace) -> None:
     rl_config(args.preset, args.method, episodes=args.episodes, lr=args.lr, batch=args.batch)
     run = RunFolder(args.run)
     task = parse_task(args.task) if args.task is not None else run.posttrain_task()
-    ours = [run.rl_result(args.method, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
-    _refuse_overwrite(ours, args.force)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    ours = [run.rl_result(args.method, seed) for seed in seeds]
+    if args.resume and args.force:
+        raise ConfigError("--resume continues unfinished runs and keeps finished ones; --force starts over: pick one")
+    _refuse_overwrite(ours, args.force or args.resume)
+    if args.force:
+        for seed in seeds:
+            shutil.rmtree(run.rl_checkpoint(args.method, seed), ignore_errors=True)
     for other in sorted(set(ours[0].parent.glob("seed_*.json")) - set(ours)):
         other_task = tuple(load_json(other).get("task") or ())
         if other_task and other_task != tuple(task):
@@ -149,6 +156,7 @@ def _rl(args: argparse.Namespace) -> None:
         first_seed=args.first_seed,
         workers=workers,
         device=args.device,
+        resume=args.resume,
     )
     for r in results:
         print(
@@ -406,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_positive_int, default=None, help="episode budget (overrides the preset)")
     p.add_argument("--lr", type=_finite_float, default=None, help="learning rate (overrides the preset)")
     p.add_argument("--batch", type=_positive_int, default=None, help="episodes per PPO update (overrides the preset)")
-    _add_force_option(p, "the seeds' results")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the seeds' unfinished runs (RUN/rl/<method>/checkpoint_seed_<k>/, written every 8 "
+                        "updates) and keep their finished results; the budget may be raised, nothing else changed")
+    _add_force_option(p, "the seeds' results (and unfinished runs)")
     _add_ray_options(p, "collect the episodes")
     _add_device_option(p)
     p.set_defaults(func=_rl)

@@ -162,6 +162,12 @@ def test_pretrain_resume_with_nothing_to_resume_is_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_rl_resume_and_force_together_are_refused(tmp_path, capsys):
+    assert main(["rl", "--run", str(tmp_path), "--method", "raw", "--task", "0", "--resume", "--force"]) == 2
+    assert "pick one" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_steer_refuses_zero_steps(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["steer", "--run", str(tmp_path), "--steps", "0"])

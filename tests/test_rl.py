@@ -331,3 +331,44 @@ def test_run_rl_reads_a_run_folder_and_writes_results(pretrained, tmp_path, make
     save_checkpoint(run.checkpoint(stage), own, {"metacontroller": config_to_dict(own.config)})
     cotrained = run_rl("cotrained", tmp_path / "run", (0,), seed=2, config=config, show_progress=False)
     assert cotrained["method"] == "cotrained" and cotrained["episodes"] == 16
+
+
+@pytest.mark.parametrize("method", ["internal", "raw"])
+def test_a_resumed_run_makes_the_updates_of_an_uninterrupted_one(method, tmp_path):
+    """Stopped after one update (a checkpoint every update) and resumed with the full budget, a run learns
+    on the same batches with the same updates as one that never stopped."""
+    base, mc = random_models()
+    mc = None if method == "raw" else mc
+    whole = train_rl(method, base, mc, POST, seed=3, config=tiny_config(total_episodes=24))
+    checkpoint = tmp_path / "checkpoint"
+    train_rl(method, base, mc, POST, seed=3, config=tiny_config(total_episodes=8), checkpoint=checkpoint,
+             checkpoint_every=1)
+    resumed = train_rl(method, base, mc, POST, seed=3, config=tiny_config(total_episodes=24), checkpoint=checkpoint,
+                       checkpoint_every=1)
+    assert resumed["resumed_at_updates"] == [1] and whole["resumed_at_updates"] == []
+    keys = ("episodes", "env_steps", "success_rate", "policy_loss", "entropy")
+    assert [[r[k] for k in keys] for r in resumed["curve"]] == [[r[k] for k in keys] for r in whole["curve"]]
+    assert resumed["initial_eval"] == whole["initial_eval"] and resumed["final_eval"] == whole["final_eval"]
+    # Another seed's or learning rate's run is refused, not continued.
+    with pytest.raises(CheckpointError, match="seed"):
+        train_rl(method, base, mc, POST, seed=4, config=tiny_config(total_episodes=24), checkpoint=checkpoint)
+    other_lr = replace(tiny_config(total_episodes=24), ppo=PPOConfig(episodes_per_batch=8, lr=3e-3, epochs=1))
+    with pytest.raises(CheckpointError, match="config"):
+        train_rl(method, base, mc, POST, seed=3, config=other_lr, checkpoint=checkpoint)
+
+
+def test_run_rl_continues_an_unfinished_seed_only_when_asked(pretrained, tmp_path, make_run_folder):
+    base, _, data = pretrained
+    data_dir = save_dataset(tmp_path / "data", data.arrays, data.manifest)
+    run = make_run_folder(tmp_path / "run", base, data=data_dir)
+    save_checkpoint(run.rl_checkpoint("raw", 0), nn.Linear(1, 1), {"rl": {}})  # an unfinished run's leftovers
+    config = tiny_config(total_episodes=16)
+    with pytest.raises(CheckpointError, match="--resume"):
+        run_rl("raw", tmp_path / "run", (0,), seed=0, config=config, show_progress=False)
+    with pytest.raises(CheckpointError, match="differs"):
+        run_rl("raw", tmp_path / "run", (0,), seed=0, config=config, show_progress=False, resume=True)
+    result = run_rl("raw", tmp_path / "run", (0,), seed=1, config=config, show_progress=False)
+    assert not run.rl_checkpoint("raw", 1).exists()  # removed once the result is written
+    # A finished seed is kept as it is by a resumed call with the same settings.
+    kept = run_rl("raw", tmp_path / "run", (0,), seed=1, config=config, show_progress=False, resume=True)
+    assert kept["final_eval"] == result["final_eval"] and kept["timing"] == result["timing"]

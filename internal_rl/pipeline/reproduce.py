@@ -261,7 +261,7 @@ def pipeline_stages(
         def run(out: Path) -> dict[str, Any]:
             results = run_rl_seeds(
                 method, out, preset.task, preset.seeds, preset.rl, episodes=preset.rl_episodes,
-                first_seed=preset.seed, show_progress=show_progress, device=device,
+                first_seed=preset.seed, show_progress=show_progress, device=device, resume=True,
             )
             return {"final_success": [r["final_eval"]["success_rate"] for r in results]}
 

@@ -1,12 +1,14 @@
 """The RL stage of a run folder: one method trained on a post-training task from the run's frozen models,
 its results in RUN/rl/<method>/seed_<k>.json (`RunFolder.rl_result`) with TensorBoard scalars beside them."""
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from internal_rl.common.config import replace, save_json
+from internal_rl.common.config import config_to_dict, load_json, replace, save_json
 from internal_rl.common.errors import CheckpointError, check
 from internal_rl.envs.tasks import Task, validate_task
 from internal_rl.metacontroller.segmenter import Segmenter
@@ -57,19 +59,30 @@ def run_rl(
     results_dir: Path | None = None,
     device: str | torch.device = "cpu",
     init_policy: Callable[[torch.nn.Module], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train `method` on `task` from run folder `run_dir`; write RUN/rl/<method>/seed_<seed>.json; return it.
 
     TensorBoard scalars go to RUN/rl/<method>/tensorboard/seed_<seed>. `results_dir` (a sweep's trial
     group) replaces RUN as the folder the results go to; `workers` collect the episodes, `device` is
-    where the policy learns and `init_policy` warm-starts it (see `train_rl`).
+    where the policy learns and `init_policy` warm-starts it (see `train_rl`). Training state is kept in
+    RUN/rl/<method>/checkpoint_seed_<seed>/ until the result is written; an unfinished run found there is
+    continued with `resume` (and refused otherwise), and with `resume` a finished result on the same task
+    and settings is returned as it is.
     """
+    results = RunFolder(run_dir if results_dir is None else results_dir)
+    out, checkpoint = results.rl_result(method, seed), results.rl_checkpoint(method, seed)
+    if resume and out.is_file():
+        done = load_json(out)
+        if done.get("task") == list(task) and done.get("config") == json.loads(json.dumps(config_to_dict(config))):
+            return done
+    if checkpoint.is_dir() and not resume:
+        raise CheckpointError(f"{checkpoint} holds an unfinished run of this method and seed; pass --resume to "
+                              "continue it, or --force to start over")
     run = RunFolder(run_dir)
     base_model = run.base_model(METACONTROLLER_DIRS.get(method))  # the co-trained method's own
     metacontroller = load_method_metacontroller(run_dir, method)
     env_config = env_config_of_run(run_dir, base_model, task)
-    results = run if results_dir is None else RunFolder(results_dir)
-    out = results.rl_result(method, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = train_rl(
         method,
@@ -83,8 +96,10 @@ def run_rl(
         workers=workers,
         device=device,
         init_policy=init_policy,
+        checkpoint=checkpoint,
     )
     save_json(out, result)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     return result
 
 
@@ -102,11 +117,13 @@ def run_rl_seeds(
     show_progress: bool = True,
     workers: RolloutWorkers | None = None,
     device: str | torch.device = "cpu",
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """`run_rl` for seeds first_seed .. first_seed + seeds - 1 with the named preset (and overrides)."""
     check(seeds >= 1, f"--seeds {seeds}; expected >= 1")
     config = rl_config(preset, method, episodes=episodes, lr=lr, batch=batch)
     return [
-        run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers, device=device)
+        run_rl(method, run_dir, task, seed, config, show_progress=show_progress, workers=workers, device=device,
+               resume=resume)
         for seed in range(first_seed, first_seed + seeds)
     ]

@@ -18,6 +18,7 @@ Every stage writes only its own part (`reproduce` runs them all in order):
     RUN/code_replay<suffix>.json                             grid world: the stage's codes replayed on the RL task
     RUN/alpha_sweep.json, .png  one metacontroller per alpha
     RUN/rl/<method>/seed_<k>.json, tensorboard/seed_<k>/     RL learning curves
+    RUN/rl/<method>/checkpoint_seed_<k>/                     an unfinished RL run (`rl --resume` continues it)
     RUN/videos/*.gif, videos.json   pinpad: expert, base model, supervised and discovered controller episodes
     RUN/stages/<stage>.json     marker of a finished stage (its summary and wall time)
     RUN/report.md, results.json, figures/
@@ -175,6 +176,10 @@ class RunFolder:
 
     def rl_result(self, method: str, seed: int) -> Path:
         return self.rl_method(method) / f"seed_{seed}.json"
+
+    def rl_checkpoint(self, method: str, seed: int) -> Path:
+        """An unfinished RL run's policy and training state (removed once its result is written)."""
+        return self.rl_method(method) / f"checkpoint_seed_{seed}"
 
     def rl_tensorboard(self, method: str, seed: int) -> Path:
         return self.rl_method(method) / "tensorboard" / f"seed_{seed}"

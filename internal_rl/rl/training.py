@@ -23,6 +23,7 @@ decoding, which can loop forever in a grid world), on episodes with layouts held
 own seed stream), before and after training, on the same layouts for every method.
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from internal_rl.common.checkpoint import load_checkpoint, save_checkpoint
 from internal_rl.common.config import config_to_dict, replace
 from internal_rl.common.device import describe_device, resolve_device
-from internal_rl.common.errors import ConfigError, check
+from internal_rl.common.errors import CheckpointError, ConfigError, check
 from internal_rl.common.logging import ScalarLogger, progress
 from internal_rl.common.seeding import derive_seed, seed_everything
 from internal_rl.envs.gridworld import GridWorldConfig
@@ -187,6 +189,26 @@ def method_setup(
     return code_policy, collect_internal
 
 
+def _run_identity(method: str, seed: int, env_config: Any, config: RLConfig) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint: all but the episode budget, which may grow."""
+    settings = config_to_dict(config)
+    settings.pop("total_episodes")
+    identity = {"method": method, "seed": seed, "task": [int(c) for c in env_config.tasks[0]], "config": settings}
+    return json.loads(json.dumps(identity))  # as a checkpoint's config.json reads back
+
+
+def _load_progress(checkpoint: Path, identity: dict[str, Any], policy: torch.nn.Module) -> dict[str, Any]:
+    """Load an interrupted run's policy weights into `policy`; return its training state (CheckpointError if
+    the checkpoint is another run's)."""
+    weights, saved, state = load_checkpoint(checkpoint)
+    if saved.get("rl") != identity or state is None:
+        differ = sorted(k for k in identity if (saved.get("rl") or {}).get(k) != identity[k]) or ["training state"]
+        raise CheckpointError(f"cannot resume from {checkpoint}: it differs from this run in {', '.join(differ)}; "
+                              "delete it (or pass --force) to start over")
+    policy.load_state_dict(weights)
+    return state
+
+
 def train_rl(
     method: str,
     base_model: BaseModel,
@@ -200,6 +222,8 @@ def train_rl(
     workers: RolloutWorkers | None = None,
     device: str | torch.device = "cpu",
     init_policy: Callable[[torch.nn.Module], None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 8,
 ) -> dict[str, Any]:
     """Train one method for `config.total_episodes` episodes of `env_config`'s task(s); return the results.
 
@@ -209,13 +233,23 @@ def train_rl(
     learned here. The models are moved to `device`, where the policy learns (and, without workers, acts).
     `init_policy` warm-starts the freshly initialised policy in place before anything runs (e.g.
     `analysis.code_replay.clone_demonstration_codes`); RL's own initialisation is the paper's.
+
+    With `checkpoint`, the policy, optimiser, random state and curve are written there every
+    `checkpoint_every` updates, and a run that finds one there continues it: the same updates on the same
+    episodes as an uninterrupted run (each batch's layouts come from its update's own seed). The budget may
+    be raised on resumption; nothing else may change.
     """
     check_method(method)
+    check(checkpoint_every >= 1, f"checkpoint_every={checkpoint_every}; expected >= 1")
     device = resolve_device(device)
     generator = seed_everything(derive_seed(seed, "rl", method))  # also seeds the policy's initialisation
     policy, collect = method_setup(method, base_model, metacontroller, env_config, config, generator)
     if init_policy is not None:
         init_policy(policy)
+    identity = _run_identity(method, seed, env_config, config)
+    resumed = None
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        resumed = _load_progress(Path(checkpoint), identity, policy)
     if workers is not None:  # the same rollout code, run by the workers with the learner's weights
         collect = workers.bind(method, base_model, metacontroller, env_config, config, policy)  # CPU copies
     for module in (base_model, metacontroller, policy):  # initialised on the CPU: the same policy on every device
@@ -228,11 +262,30 @@ def train_rl(
     eval_batch = min(config.eval_episodes, max(batch_size, 256))
 
     start = time.perf_counter()
-    initial_eval = evaluate(collect, eval_seed, config.eval_episodes, eval_batch)
-    curve: list[dict[str, float]] = []
-    episodes = env_steps = 0
-    rollout_seconds = update_seconds = 0.0
-    bar = progress(range(config.num_updates), desc=f"rl {method}", disable=not show_progress)
+    if resumed is None:
+        initial_eval = evaluate(collect, eval_seed, config.eval_episodes, eval_batch)
+        curve: list[dict[str, float]] = []
+        episodes = env_steps = first_update = 0
+        rollout_seconds = update_seconds = earlier_seconds = 0.0
+    else:
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        initial_eval, curve = resumed["initial_eval"], resumed["curve"]
+        episodes, env_steps, first_update = resumed["episodes"], resumed["env_steps"], len(curve)
+        rollout_seconds, update_seconds = resumed["rollout_seconds"], resumed["update_seconds"]
+        earlier_seconds = resumed["seconds"]
+    resumes = [] if resumed is None else [*resumed["resumes"], first_update]
+
+    def save_progress() -> None:
+        state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "initial_eval": initial_eval, "curve": curve,
+                 "episodes": episodes, "env_steps": env_steps, "rollout_seconds": rollout_seconds,
+                 "update_seconds": update_seconds, "seconds": earlier_seconds + time.perf_counter() - start,
+                 "resumes": resumes}
+        save_checkpoint(Path(checkpoint), policy, {"rl": identity}, state)
+
+    bar = progress(range(first_update, config.num_updates), desc=f"rl {method}", disable=not show_progress)
     for update in bar:
         num_envs = min(batch_size, config.total_episodes - episodes)
         if num_envs < 2:  # a one-episode batch has no advantage signal (its return equals the mean)
@@ -262,8 +315,10 @@ def train_rl(
         curve.append(record)
         logger.log(episodes, **{k: v for k, v in record.items() if k not in ("update", "episodes")})
         bar.set_postfix(success=f"{record['success_rate']:.3f}")
+        if checkpoint is not None and (update + 1) % checkpoint_every == 0:
+            save_progress()
     final_eval = evaluate(collect, eval_seed, config.eval_episodes, eval_batch)
-    seconds = time.perf_counter() - start
+    seconds = earlier_seconds + time.perf_counter() - start
     expert = expert_ceiling(env_config, eval_seed, config.eval_episodes, eval_batch)
     logger.log(episodes, eval_success_rate=final_eval["success_rate"])
     logger.close()
@@ -280,6 +335,7 @@ def train_rl(
         "expert_eval": {"success_rate": expert, "episodes": config.eval_episodes},
         "episodes": episodes,
         "env_steps": env_steps,
+        "resumed_at_updates": resumes,
         "curve": curve,
         "timing": {
             "seconds": seconds,
