@@ -165,11 +165,11 @@ def main() -> None:
                             "rollout_success_multi": float(success[half:].mean()), "fresh_steps_per_episode": steps_per_episode,
                             "loss": float(np.mean(losses[-max(1, args.steps // 10):])), "seconds": time.time() - start})
             print(json.dumps(history[-1]), file=sys.stderr)
-        decoder.eval().requires_grad_(False)
-        save_controller_decoder(args.save, decoder)
-        args.out.write_text(json.dumps({"hook": hook, "init": str(args.init), "tasks": args.tasks,
-                                        "args": {k: str(v) for k, v in vars(args).items()}, "rounds": history},
-                                       indent=1))
+            # After every round, so a stopped run leaves its record and its controllers so far.
+            save_controller_decoder(args.save, decoder)
+            args.out.write_text(json.dumps({"hook": hook, "init": str(args.init), "tasks": args.tasks,
+                                            "args": {k: str(v) for k, v in vars(args).items()}, "rounds": history},
+                                           indent=1))
     except InternalRLError as err:
         sys.exit(f"error: {err}")
 
