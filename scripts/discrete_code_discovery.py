@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from internal_rl.analysis.code_content import dataset_code_content, place_labels
 from internal_rl.analysis.label_free_codes import (
@@ -128,17 +129,8 @@ def content(dataset: TrajectoryDataset, segment_ids: np.ndarray, assign: np.ndar
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised mutual information I(a;b) / sqrt(H(a) H(b)) of two label arrays (0 when either is constant)."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    joint = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(joint, (ai, bi), 1)
-    joint /= joint.sum()
-    pa, pb = joint.sum(1), joint.sum(0)
-    nz = joint > 0
-    mi = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
-    ha, hb = float(-(pa * np.log(pa)).sum()), float(-(pb * np.log(pb)).sum())
-    return mi / np.sqrt(ha * hb) if ha > 0 and hb > 0 else 0.0
+    """Normalised mutual information I(a;b) / sqrt(H(a) H(b)) of two label arrays."""
+    return float(normalized_mutual_info_score(a, b, average_method="geometric"))
 
 
 def naming(codes: np.ndarray, subgoals: np.ndarray, places: np.ndarray) -> dict:
