@@ -156,7 +156,6 @@ def test_a_killed_rollout_worker_is_replaced_and_the_stage_completes():
 
             return collect_and_kill
 
-    start = time.perf_counter()
     result = train_rl("internal", base, mc, POST, seed=3, config=config, workers=KillOnce())
     assert killed, "the kill never happened"
     new_pid = workers.pids()[0]
@@ -165,7 +164,6 @@ def test_a_killed_rollout_worker_is_replaced_and_the_stage_completes():
     # The stage completed every update, and (actors being stateless) with the very same episodes.
     assert [r["episodes"] for r in result["curve"]] == [16 * (i + 1) for i in range(12)]
     assert result["curve"] == reference["curve"] and result["final_eval"] == reference["final_eval"]
-    assert time.perf_counter() - start < 120
 
 
 def test_a_worker_killed_inside_a_rollout_call_is_replaced_and_the_call_rerun():
