@@ -34,8 +34,6 @@ from internal_rl.analysis.subgoal_controllers import controller_intervention, su
 from internal_rl.common.errors import InternalRLError
 from internal_rl.common.logging import progress
 from internal_rl.common.seeding import derive_seed
-from internal_rl.data.dataset import load_dataset
-from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.expert import expert_action_distribution
 from internal_rl.envs.registry import make_batched_env, spec_of_config
 from internal_rl.models.controller import load_controller_decoder, save_controller_decoder
@@ -43,14 +41,16 @@ from internal_rl.models.hooks import layer_hook
 from internal_rl.pipeline.run_folder import RunFolder
 
 
-def composition_tasks(rng: np.random.Generator, n: int, n_subgoals: int, length: int, exclude) -> list[tuple[int, ...]]:
-    """`n` random tasks of `length` subgoals with no subgoal repeated back to back, none equal to `exclude`."""
+def composition_tasks(rng: np.random.Generator, n: int, subgoal_tasks, length: int, exclude) -> list[tuple[int, ...]]:
+    """`n` random tasks chaining `length` of `subgoal_tasks` (each subgoal's colours) with no subgoal repeated
+    back to back, none equal to `exclude`."""
+    k = len(subgoal_tasks)
     tasks = []
     while len(tasks) < n:
-        subgoals = [int(rng.integers(n_subgoals))]
+        subgoals = [int(rng.integers(k))]
         while len(subgoals) < length:
-            subgoals.append(int((subgoals[-1] + 1 + rng.integers(n_subgoals - 1)) % n_subgoals))
-        task = tuple(c for g in subgoals for c in (2 * g, 2 * g + 1))
+            subgoals.append(int((subgoals[-1] + 1 + rng.integers(k - 1)) % k))
+        task = tuple(c for g in subgoals for c in subgoal_tasks[g])
         if task != tuple(exclude):
             tasks.append(task)
     return tasks
@@ -132,7 +132,7 @@ def main() -> None:
         run = RunFolder(args.run)
         model = run.base_model()
         hook = layer_hook(args.layer if args.layer is not None else model.n_layers // 2, model.n_layers)
-        env_config = env_config_from_manifest(load_dataset(run.data).manifest)
+        env_config = run.env_config()
         spec = spec_of_config(env_config)
         decoder = load_controller_decoder(args.init).train().requires_grad_(True)
         opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=0.03)
@@ -147,7 +147,7 @@ def main() -> None:
             if args.tasks == "pretrain":
                 multi = [tuple(env_config.tasks[i]) for i in rng.integers(len(env_config.tasks), size=half)]
             else:
-                multi = composition_tasks(rng, half, len(spec.subgoal_tasks), 6, spec.posttrain_task)
+                multi = composition_tasks(rng, half, spec.subgoal_tasks, 6, spec.posttrain_task)
             decoder.eval()
             fresh, success = controlled_rollout(model, env_config, decoder, hook, singles + multi, seed)
             aggregate += fresh

@@ -51,7 +51,6 @@ from internal_rl.models.controller import (
 from internal_rl.common.config import replace
 from internal_rl.common.errors import InternalRLError
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
-from internal_rl.data.generate import env_config_from_manifest
 from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
 from internal_rl.models.hooks import layer_hook
@@ -233,7 +232,7 @@ def main() -> None:
         hook = layer_hook(args.layer if args.layer is not None else model.n_layers // 2, model.n_layers)
         # The env as the data were generated (the pretraining tasks); the chained evaluation runs on the
         # env's post-training task.
-        env_config = env_config_from_manifest(load_dataset(run.data).manifest)
+        env_config = run.env_config()
         config = replace(steer_preset("quick"), episodes=args.episodes, seed=args.seed)
         fit: dict = {"steps": args.steps}
         if args.steps > 0:
