@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain the base model on a dataset folder")
     p.add_argument("--data", required=True, help="dataset folder (from `internal-rl generate`)")
     p.add_argument("--out", required=True, help="run folder; the model goes to OUT/pretrain")
-    p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (grid world, about 30 min on one CPU core), quick-offsets (quick plus each object's offset from the agent in the input, a diagnostic), quick-pinpad, paper or paper-ant")
+    p.add_argument("--preset", default="quick", help="hyperparameter preset: quick (grid world, about 30 min on one CPU core), quick-offsets (quick plus each object's offset from the agent in the input, a diagnostic), quick-offsets-w256 (the same at the paper's width), quick-pinpad, paper or paper-ant")
     p.add_argument("--steps", type=_positive_int, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=_positive_int, help="episodes per step (default: the preset's)")
     p.add_argument("--seed", type=_seed, help="training seed (default: the preset's, 0)")

@@ -126,7 +126,11 @@ def test_presets_and_bad_values():
     offsets = PRESETS["quick-offsets"]  # the quick preset but for the observation embedding
     assert offsets.model.obs_embedding == "egocentric-offsets"
     assert replace(offsets, model=PRESETS["quick"].model) == PRESETS["quick"]
-    with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: paper, paper-ant, quick, quick-offsets, quick-pinpad"):
+    wide = PRESETS["quick-offsets-w256"]  # the same at the paper's trunk width
+    assert wide.model.transformer == PRESETS["paper"].model.transformer
+    assert replace(wide, model=offsets.model) == offsets
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; valid: paper, paper-ant, quick, quick-offsets, "
+                                          "quick-offsets-w256, quick-pinpad"):
         pretrain_preset("fast")
     with pytest.raises(ConfigError, match="schedule"):
         PretrainConfig(schedule="linear")

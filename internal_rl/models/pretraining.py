@@ -131,6 +131,11 @@ PRESETS: dict[str, PretrainConfig] = {
 # A deviation to test why subgoal controllers steer weakly (docs/results.md): the quick preset with every
 # object's offset from the agent added to the input (ObjectOffsets).
 PRESETS["quick-offsets"] = replace(PRESETS["quick"], model=replace(_QUICK_MODEL, obs_embedding="egocentric-offsets"))
+# The same at the paper's width (d_model 256, 4 heads x 64, MLP 512): whether the quick presets' half width is
+# what limits steering (docs/results.md).
+PRESETS["quick-offsets-w256"] = replace(
+    PRESETS["quick-offsets"], model=replace(PRESETS["quick-offsets"].model, transformer=TransformerConfig())
+)
 
 
 def pretrain_preset(name: str, **overrides: Any) -> PretrainConfig:
