@@ -19,7 +19,9 @@ For the override tasks h-g the first class is split once h is done: the habitual
 pairs that follow h in some pretraining task) against any other pair. On the post-training task,
 "reached" gives the fraction of episodes that complete at least k subgoals, k = 1, 2, ...: where along
 the composition the chain breaks. `--gain` scales the controllers (on every step, or only on the first
-`--gain-steps` steps after each switch). Prints one table and writes OUT.
+`--gain-steps` steps after each switch). `--finetune-lr` trains the base model's weights with the controllers
+(a goal-conditioned policy given the true subgoal through the same path): not steering, but the ceiling of
+what this architecture, data and budget execute when told the subgoal. Prints one table and writes OUT.
 """
 
 import argparse
@@ -34,6 +36,7 @@ from internal_rl.analysis.code_content import colour_cells, place_labels
 from internal_rl.analysis.steering import evaluate_controllers
 from internal_rl.analysis.subgoal_controllers import (
     SteeringConfig,
+    action_nll,
     controller_intervention,
     fit_subgoal_controllers,
     heldout_action_nll,
@@ -49,7 +52,7 @@ from internal_rl.models.controller import (
     save_controller_decoder,
 )
 from internal_rl.common.config import replace
-from internal_rl.common.errors import InternalRLError
+from internal_rl.common.errors import InternalRLError, check
 from internal_rl.data.dataset import TrajectoryDataset, load_dataset
 from internal_rl.envs.registry import spec_of_config
 from internal_rl.envs.tasks import GRID_SUBGOAL_PAIRS, SPLITS, subgoal_transitions
@@ -190,6 +193,28 @@ def fit_weighted(model, dataset, hook: str, config: SteeringConfig, weight: floa
     return decoder, {"heldout_nll_controlled": heldout_action_nll(model, held_out, config, decoder=decoder, hook=hook)}
 
 
+def fit_finetuned(model, dataset, hook: str, config: SteeringConfig, base_lr: float):
+    """`fit_subgoal_controllers` with the base model's weights trained too, at `base_lr` (a goal-conditioned
+    upper bound for this diagnostic; the model is changed in place and frozen again afterwards)."""
+    train, held_out = dataset.split(config.holdout_fraction, config.seed)
+    torch.manual_seed(derive_seed(config.seed, "controller", hook))
+    decoder = ControllerDecoder(config.n_subgoals, int(model.d_model), config.rank, config.hidden, config.shift)
+    model.requires_grad_(True)
+    opt = torch.optim.AdamW([{"params": decoder.parameters(), "lr": config.lr},
+                             {"params": model.parameters(), "lr": base_lr}], weight_decay=config.weight_decay)
+    batches = train.infinite_batches(min(config.batch_size, train.num_episodes), seed=derive_seed(config.seed, "batches"))
+    for _ in progress(range(config.steps), desc=f"fine-tuned model and controllers {hook}"):
+        batch = next(batches)
+        z = subgoal_codes(batch["subgoals"], config.n_subgoals)
+        loss = action_nll(model, batch, {hook: controller_intervention(decoder, z)})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+    decoder.eval().requires_grad_(False)
+    return decoder, {"heldout_nll_controlled": heldout_action_nll(model, held_out, config, decoder=decoder, hook=hook)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
@@ -224,6 +249,9 @@ def main() -> None:
                         help="roll out e + G U_g e instead of e + U_g e (controller strength; default 1, as fitted)")
     parser.add_argument("--gain-steps", type=int, default=0,
                         help="apply --gain only on the first N steps after each controller switch (0: on every step)")
+    parser.add_argument("--finetune-lr", type=float, default=0.0,
+                        help="also train the base model's weights at this lr (0, the default: frozen, as the paper); "
+                             "the goal-conditioned ceiling, not steering")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:
@@ -252,12 +280,15 @@ def main() -> None:
             rank = None if args.rank == "full" else int(args.rank)
             fit_config = replace(config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=rank,
                                  shift=args.shift, n_subgoals=n_labels)
-            if args.start_weight == 1.0:
+            if args.finetune_lr > 0:
+                check(args.start_weight == 1.0, "--finetune-lr takes the plain mean (no --start-weight)")
+                decoder, metrics = fit_finetuned(model, dataset, hook, fit_config, args.finetune_lr)
+            elif args.start_weight == 1.0:
                 decoder, metrics = fit_subgoal_controllers(model, dataset, hook, fit_config)
             else:
                 decoder, metrics = fit_weighted(model, dataset, hook, fit_config, args.start_weight, args.start_steps)
             fit.update(metrics, batch_size=args.batch_size, lr=args.lr, data=str(args.data or run.clean_data),
-                       labels=args.labels, rank=args.rank, shift=args.shift, start_weight=args.start_weight, start_steps=args.start_steps,
+                       labels=args.labels, rank=args.rank, shift=args.shift, finetune_lr=args.finetune_lr, start_weight=args.start_weight, start_steps=args.start_steps,
                        heldout_nll_uncontrolled=heldout_action_nll(
                            model, dataset.split(fit_config.holdout_fraction, fit_config.seed)[1], fit_config))
             print(f"held-out NLL {fit['heldout_nll_uncontrolled']:.4f} -> {fit['heldout_nll_controlled']:.4f}",
